@@ -1,0 +1,74 @@
+"""netchat's one exception hierarchy.
+
+Every error netchat raises on purpose derives from :class:`NetchatError`, so a caller
+can catch one type. The split follows h11 and httpcore: *who* misbehaved (the remote
+peer or we ourselves) for protocol errors, and *what* failed (connecting, timing out)
+for I/O errors. OS errors are translated once, at the socket edge, into
+:class:`TransportError` subclasses.
+"""
+
+from __future__ import annotations
+
+
+class NetchatError(Exception):
+    """Base class of every error netchat raises on purpose."""
+
+
+class ProtocolError(NetchatError):
+    """Bytes or frames that break the netchat protocol.
+
+    ``code`` is the short machine-readable reason carried in an ``error`` frame.
+    """
+
+    code: str = "protocol"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol does not allow."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame or line exceeded the size limit."""
+
+    code = "too-large"
+
+
+class CommandError(NetchatError):
+    """A ``/command`` line that cannot be parsed (unknown command, missing argument)."""
+
+
+class TransportError(NetchatError):
+    """A network operation failed."""
+
+
+class ConnectError(TransportError):
+    """The server could not be reached."""
+
+
+class ConnectionClosed(TransportError):
+    """The other side went away."""
+
+
+class TransportTimeout(TransportError):
+    """A network operation did not complete in time."""
+
+
+class Rejected(NetchatError):
+    """The server refused us: name taken or invalid, server full, too many connections.
+
+    ``code`` is the server's reason code and ``suggestion`` an alternative name, if any.
+    """
+
+    def __init__(self, message: str, *, code: str = "rejected", suggestion: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.suggestion = suggestion

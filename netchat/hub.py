@@ -1,0 +1,375 @@
+"""The hub: who is in the chat, and who receives what. It knows nothing of sockets.
+
+Strategy
+--------
+Transports (TCP, the UDP relay) turn bytes into request frames and hand them to
+:meth:`Hub.handle` together with their :class:`Session`, the hub's only view of a
+connection. The hub stamps every event with the sender's name *as the hub records it*
+(what a client claims is never trusted), a server timestamp and a sequence number,
+and routes it by calling :meth:`Session.deliver`, which must only enqueue.
+
+One lock guards the member table and the sequence counter, and deliveries happen
+while it is held: every member therefore sees every event in the same order, which is
+the order of ``seq``. This is cheap because delivering is an enqueue; the slow part,
+writing to sockets, happens on each connection's own writer thread.
+
+An :class:`Outbound` wraps a frame and caches its encodings, so a broadcast to a
+thousand members encodes the frame once per wire format, not once per member.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from .errors import Rejected
+from .protocol.commands import HELP_TEXT
+from .protocol.frames import (
+    Act,
+    Error,
+    Frame,
+    Hello,
+    Help,
+    Info,
+    Joined,
+    Left,
+    Message,
+    Nick,
+    Ping,
+    Pong,
+    Private,
+    PrivateMessage,
+    Quit,
+    Renamed,
+    Say,
+    Shutdown,
+    UserList,
+    Welcome,
+    Who,
+    encode_frame,
+)
+from .protocol.limits import MAX_TEXT_CHARS
+from .protocol.render import render_text
+from .protocol.text import name_candidates, name_key, name_problem, sanitize_text
+
+log = logging.getLogger("netchat.hub")
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class Outbound:
+    """A frame on its way out, with its wire encodings computed at most once each.
+
+    Two writer threads may race to fill a cache slot; both compute the same bytes, so
+    the race is harmless and cheaper than a lock.
+    """
+
+    __slots__ = ("_json", "_text", "frame")
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
+        self._json: bytes | None = None
+        self._text: bytes | None = None
+
+    @property
+    def json(self) -> bytes:
+        """The frame as one JSON line (structured clients)."""
+        if self._json is None:
+            self._json = encode_frame(self.frame)
+        return self._json
+
+    @property
+    def text(self) -> bytes:
+        """The frame as readable ``\\r\\n`` lines (``nc``/``telnet`` clients)."""
+        if self._text is None:
+            self._text = render_text(self.frame)
+        return self._text
+
+
+class Session(Protocol):
+    """What the hub needs of a connection. Transports implement it."""
+
+    @property
+    def peer(self) -> str:
+        """The remote address, for logs."""
+        ...
+
+    def deliver(self, out: Outbound) -> bool:
+        """Queue ``out`` for sending without blocking.
+
+        Returns:
+            False when the session cannot keep up (its backlog passed its limit); the
+            hub then removes it as ``dropped``.
+        """
+        ...
+
+    def close(self, reason: str) -> None:
+        """Finish sending what is queued, then disconnect. Must not block."""
+        ...
+
+
+class Member:
+    """A session that has joined under a name."""
+
+    __slots__ = ("joined_at", "name", "session")
+
+    def __init__(self, name: str, session: Session, joined_at: float) -> None:
+        self.name = name
+        self.session = session
+        self.joined_at = joined_at
+
+
+class Hub:
+    """Members, names, and routing of chat events.
+
+    Args:
+        server_name: shown in the welcome frame.
+        motd: message of the day, shown to each joining user.
+        clock: wall-clock time source for timestamps (injectable for tests).
+        event_sink: called with one JSON-able dict per event (joins, leaves,
+            messages, renames, errors), e.g. an :class:`~netchat.eventlog.EventLog`.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_name: str = "netchat",
+        motd: str = "",
+        clock: Callable[[], float] = time.time,
+        event_sink: EventSink | None = None,
+    ) -> None:
+        self.server_name = server_name
+        self.motd = motd
+        self._clock = clock
+        self._event_sink = event_sink
+        self._lock = threading.Lock()
+        self._members: dict[str, Member] = {}  # name_key -> member
+        self._by_session: dict[int, Member] = {}  # id(session) -> member
+        self._seq = 0
+
+    # --- queries -----------------------------------------------------------------
+
+    def names(self) -> tuple[str, ...]:
+        """Names of the members, in joining order."""
+        with self._lock:
+            return self._names_locked()
+
+    def member_name(self, session: Session) -> str | None:
+        """The name ``session`` joined under, or ``None`` if it has not joined."""
+        with self._lock:
+            member = self._by_session.get(id(session))
+            return member.name if member else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._members)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def join(self, session: Session, name: str) -> Welcome:
+        """Add ``session`` as ``name``, greet it and tell everyone else.
+
+        Raises:
+            Rejected: the name is invalid (``bad-name``) or taken (``name-taken``);
+                ``suggestion`` holds a free alternative.
+        """
+        name = name.strip()
+        with self._lock:
+            if id(session) in self._by_session:
+                raise Rejected("you have already joined", code="already-joined")
+            self._check_name_locked(name)
+            member = Member(name, session, self._clock())
+            self._members[name_key(name)] = member
+            self._by_session[id(session)] = member
+            welcome = Welcome(name, self._names_locked(), self.server_name, self.motd)
+            self._send_locked(member, welcome)
+            seq, ts = self._stamp_locked()
+            self._broadcast_locked(Joined(name, ts, seq), exclude=member)
+            self._emit("join", name=name, peer=session.peer, ts=ts, seq=seq)
+        log.info("%s joined from %s", name, session.peer)
+        return welcome
+
+    def leave(self, session: Session, reason: str = "quit", detail: str = "") -> None:
+        """Remove ``session`` if it joined and tell the others. Idempotent."""
+        with self._lock:
+            self._leave_locked(session, reason, detail)
+
+    def shutdown(self, reason: str = "") -> None:
+        """Tell every member the server is going away and close their sessions."""
+        with self._lock:
+            members = list(self._members.values())
+            self._members.clear()
+            self._by_session.clear()
+            notice = Outbound(Shutdown(reason))
+            for member in members:
+                member.session.deliver(notice)
+                member.session.close("server shutting down")
+            self._emit("shutdown", reason=reason, members=len(members))
+
+    # --- requests ----------------------------------------------------------------
+
+    def handle(self, session: Session, frame: Frame) -> None:
+        """Act on a request frame from a joined ``session``.
+
+        Frames a server never receives (``message``, ``welcome``, …) and requests
+        from sessions that have not joined are answered with an ``error`` frame.
+        """
+        with self._lock:
+            member = self._by_session.get(id(session))
+            if member is None:
+                self._error_to(session, "not-joined", "join first: send your name")
+                return
+            self._handle_locked(member, frame)
+
+    def report_error(self, session: Session, code: str, text: str, suggestion: str = "") -> None:
+        """Send ``session`` an error frame and record it in the event log."""
+        with self._lock:
+            self._error_to(session, code, text, suggestion)
+
+    # --- internals (all called with the lock held) --------------------------------
+
+    def _handle_locked(self, member: Member, frame: Frame) -> None:
+        if isinstance(frame, (Say, Act)):
+            text = self._clean_text_locked(member, frame.text)
+            if text:
+                seq, ts = self._stamp_locked()
+                action = isinstance(frame, Act)
+                self._broadcast_locked(Message(member.name, text, ts, seq, action))
+                self._emit("message", sender=member.name, text=text, action=action, ts=ts, seq=seq)
+        elif isinstance(frame, Private):
+            self._private_locked(member, frame)
+        elif isinstance(frame, Nick):
+            self._rename_locked(member, frame.name.strip())
+        elif isinstance(frame, Who):
+            self._send_locked(member, UserList(self._names_locked()))
+        elif isinstance(frame, Help):
+            self._send_locked(member, Info(HELP_TEXT))
+        elif isinstance(frame, Ping):
+            self._send_locked(member, Pong(frame.token))
+        elif isinstance(frame, Pong):
+            pass  # liveness is the transport's business; any frame proves it
+        elif isinstance(frame, Quit):
+            self._leave_locked(member.session, "quit", sanitize_text(frame.reason)[:200])
+            member.session.close("quit")
+        elif isinstance(frame, Hello):
+            self._error_to(member.session, "already-joined", "you have already joined")
+        else:
+            self._error_to(member.session, "unexpected", f"a client cannot send {frame.TYPE!r}")
+
+    def _clean_text_locked(self, member: Member, text: str) -> str:
+        text = sanitize_text(text).strip()
+        if len(text) > MAX_TEXT_CHARS:
+            self._error_to(
+                member.session,
+                "too-long",
+                f"message of {len(text)} characters not sent (limit {MAX_TEXT_CHARS})",
+            )
+            return ""
+        return text
+
+    def _private_locked(self, member: Member, frame: Private) -> None:
+        target = self._members.get(name_key(frame.to.strip()))
+        if target is None:
+            self._error_to(
+                member.session,
+                "no-such-user",
+                f"no user named {sanitize_text(frame.to)!r}; /who lists who is online",
+            )
+            return
+        text = self._clean_text_locked(member, frame.text)
+        if not text:
+            return
+        seq, ts = self._stamp_locked()
+        out = Outbound(PrivateMessage(member.name, target.name, text, ts, seq))
+        self._deliver_locked([target, member] if target is not member else [member], out)
+        self._emit("private", sender=member.name, to=target.name, text=text, ts=ts, seq=seq)
+
+    def _rename_locked(self, member: Member, new: str) -> None:
+        if new == member.name:
+            return
+        try:
+            if name_key(new) != name_key(member.name):
+                self._check_name_locked(new)
+            elif (problem := name_problem(new)) is not None:
+                raise Rejected(problem, code="bad-name")
+        except Rejected as exc:
+            self._error_to(member.session, exc.code, str(exc), exc.suggestion or "")
+            return
+        old = member.name
+        del self._members[name_key(old)]
+        member.name = new
+        self._members[name_key(new)] = member
+        seq, ts = self._stamp_locked()
+        self._broadcast_locked(Renamed(old, new, ts, seq))
+        self._emit("rename", old=old, new=new, ts=ts, seq=seq)
+
+    def _check_name_locked(self, name: str) -> None:
+        problem = name_problem(name)
+        if problem is not None:
+            suggestion = self._free_name_locked(name)
+            raise Rejected(f"{problem}; try {suggestion!r}", code="bad-name", suggestion=suggestion)
+        if name_key(name) in self._members:
+            suggestion = self._free_name_locked(name)
+            raise Rejected(
+                f"the name {name!r} is taken; try {suggestion!r}",
+                code="name-taken",
+                suggestion=suggestion,
+            )
+
+    def _free_name_locked(self, name: str) -> str:
+        for candidate in name_candidates(name):
+            if name_key(candidate) not in self._members:
+                return candidate
+        return "guest"  # pragma: no cover - 10,000 taken variants of one name
+
+    def _leave_locked(self, session: Session, reason: str, detail: str) -> None:
+        member = self._by_session.pop(id(session), None)
+        if member is None:
+            return
+        del self._members[name_key(member.name)]
+        seq, ts = self._stamp_locked()
+        self._broadcast_locked(Left(member.name, ts, seq, reason, detail))
+        log.info("%s left (%s%s)", member.name, reason, f": {detail}" if detail else "")
+        self._emit("leave", name=member.name, reason=reason, detail=detail, ts=ts, seq=seq)
+
+    def _stamp_locked(self) -> tuple[int, float]:
+        self._seq += 1
+        return self._seq, self._clock()
+
+    def _names_locked(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self._members.values())
+
+    def _send_locked(self, member: Member, frame: Frame) -> None:
+        self._deliver_locked([member], Outbound(frame))
+
+    def _broadcast_locked(self, frame: Frame, exclude: Member | None = None) -> None:
+        recipients = [m for m in self._members.values() if m is not exclude]
+        self._deliver_locked(recipients, Outbound(frame))
+
+    def _deliver_locked(self, recipients: Iterable[Member], out: Outbound) -> None:
+        too_slow = [m for m in recipients if not m.session.deliver(out)]
+        # Dropping a member broadcasts its departure, which may find more slow members:
+        # a worklist instead of recursion keeps that bounded and lock-safe.
+        while too_slow:
+            member = too_slow.pop()
+            if self._by_session.pop(id(member.session), None) is None:
+                continue
+            del self._members[name_key(member.name)]
+            member.session.close("too slow: outbound backlog over its limit")
+            seq, ts = self._stamp_locked()
+            left = Outbound(Left(member.name, ts, seq, "dropped", "too slow"))
+            too_slow += [m for m in self._members.values() if not m.session.deliver(left)]
+            log.warning("%s dropped: outbound backlog over its limit", member.name)
+            self._emit("leave", name=member.name, reason="dropped", detail="too slow", ts=ts, seq=seq)
+
+    def _error_to(self, session: Session, code: str, text: str, suggestion: str = "") -> None:
+        session.deliver(Outbound(Error(code, text, suggestion)))
+        member = self._by_session.get(id(session))
+        self._emit("error", name=member.name if member else None, peer=session.peer, code=code, text=text)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self._event_sink is not None:
+            self._event_sink({"event": event, **fields})

@@ -1,0 +1,1 @@
+"""Transports move frames between sockets and the hub; they make no chat decisions."""

@@ -1,0 +1,89 @@
+"""The transport abstraction: what the server and the client need of TCP or UDP.
+
+Like CPython's socketserver, where UDP differs from TCP only in how a request is
+obtained, the hub and the client code are written once against these interfaces and
+``--proto`` only chooses the implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from ..protocol.frames import Frame
+
+
+class Proto(str, Enum):
+    """The transport a server or client uses (``--proto``)."""
+
+    tcp = "tcp"
+    udp = "udp"
+
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every tunable of a server; the CLI maps its options onto these fields."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: most members at once; the next connection is refused with a reason
+    max_clients: int = 1024
+    #: most connections from one IP address (0 = no cap)
+    max_per_address: int = 64
+    #: outbound backlog in bytes after which a member is dropped as too slow
+    max_queue: int = 1024 * 1024
+    #: chat messages per second per client (0 = unlimited), and the burst allowed
+    rate_limit: float = 20.0
+    burst: int = 100
+    #: seconds a new connection has to send its name
+    registration_timeout: float = 30.0
+    #: seconds of silence before a ping; a member silent for 3 intervals is dropped
+    ping_interval: float = 30.0
+    server_name: str = "netchat"
+    motd: str = ""
+
+
+class ServerTransport(Protocol):
+    """A bound server transport that feeds a hub."""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the real port when 0 was asked for."""
+        ...
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` is called (from another thread)."""
+        ...
+
+    def shutdown(self, reason: str = "") -> None:
+        """Tell members the server is going away, stop serving and release everything."""
+        ...
+
+
+class ClientTransport(Protocol):
+    """A client's connection to a server, moving whole frames."""
+
+    def connect(self) -> None:
+        """Open the connection. Raises :class:`~netchat.errors.ConnectError`."""
+        ...
+
+    def send(self, frame: Frame) -> None:
+        """Send one frame. Raises :class:`~netchat.errors.TransportError`."""
+        ...
+
+    def receive(self, timeout: float | None = None) -> Frame | None:
+        """Block for the next frame; ``None`` if ``timeout`` passed first.
+
+        Raises:
+            ConnectionClosed: the server went away (or :meth:`close` was called).
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the connection; a blocked :meth:`receive` raises ConnectionClosed."""
+        ...
