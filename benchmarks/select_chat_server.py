@@ -12,6 +12,7 @@ Run: ``python benchmarks/select_chat_server.py --port P``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import selectors
 import socket
 
@@ -143,10 +144,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     server = ChatServer(args.host, args.port)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop it
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from collections.abc import Callable
 from typing import Protocol
 
 from ..protocol.frames import Frame
@@ -86,4 +87,54 @@ class ClientTransport(Protocol):
 
     def close(self) -> None:
         """Close the connection; a blocked :meth:`receive` raises ConnectionClosed."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Transport counters for ``/stats`` (UDP: lost, duplicates, reordered, …)."""
+        ...
+
+
+#: Called for every frame a chat endpoint receives (messages, notices, errors).
+EventHandler = Callable[[Frame], None]
+#: Called once when an endpoint's session ends: ``None`` after a normal /quit or
+#: close(), else a one-line reason ("server closed the connection", …).
+ClosedHandler = Callable[["str | None"], None]
+
+
+class ChatEndpoint(Protocol):
+    """What the console (interactive or pipe mode) drives: a client or a serverless peer."""
+
+    @property
+    def name(self) -> str:
+        """The name we are known by now (it changes with /nick or a collision)."""
+        ...
+
+    def start(self, on_event: EventHandler, on_closed: ClosedHandler) -> None:
+        """Connect, join, and start the receiver thread that calls ``on_event``.
+
+        Raises:
+            ConnectError: the server (or the network) could not be reached.
+            Rejected: the join was refused (name taken or invalid, server full).
+        """
+        ...
+
+    def send_line(self, line: str) -> None:
+        """Send what the user typed: a message or a ``/command``.
+
+        Raises:
+            CommandError: the line is a malformed or unknown command.
+            TransportError: the connection is gone.
+        """
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``/stats``."""
+        ...
+
+    def close(self) -> None:
+        """Leave (sending /quit when still connected) and stop the receiver thread."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the session has ended; True if it has."""
         ...
