@@ -363,12 +363,16 @@ class Hub:
             left = Outbound(Left(member.name, ts, seq, "dropped", "too slow"))
             too_slow += [m for m in self._members.values() if not m.session.deliver(left)]
             log.warning("%s dropped: outbound backlog over its limit", member.name)
-            self._emit("leave", name=member.name, reason="dropped", detail="too slow", ts=ts, seq=seq)
+            self._emit(
+                "leave", name=member.name, reason="dropped", detail="too slow", ts=ts, seq=seq
+            )
 
     def _error_to(self, session: Session, code: str, text: str, suggestion: str = "") -> None:
         session.deliver(Outbound(Error(code, text, suggestion)))
         member = self._by_session.get(id(session))
-        self._emit("error", name=member.name if member else None, peer=session.peer, code=code, text=text)
+        self._emit(
+            "error", name=member.name if member else None, peer=session.peer, code=code, text=text
+        )
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self._event_sink is not None:

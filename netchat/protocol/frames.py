@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -88,7 +89,14 @@ def _check_type(value: object, expected: Any) -> bool:
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        # NaN and infinities (and ints beyond float range, e.g. from ``1e400``-sized
+        # literals) cannot be encoded with allow_nan=False nor turned into a clock time.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:
+            return False
     if expected is str or expected is bool:
         return isinstance(value, expected)
     if typing.get_origin(expected) is tuple:
@@ -103,13 +111,13 @@ class _Validated:
         _, spec = FRAME_TYPES[typing.cast(Frame, self).TYPE]
         for name, expected in spec.items():
             value = getattr(self, name)
-            if typing.get_origin(expected) is tuple and isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-            elif not _check_type(value, expected):
+            if not _check_type(value, expected):
+                wanted = getattr(expected, "__name__", expected)
                 raise LocalProtocolError(
-                    f"{type(self).__name__}.{name} must be {getattr(expected, '__name__', expected)},"
-                    f" not {type(value).__name__}"
+                    f"{type(self).__name__}.{name} must be {wanted}, not {type(value).__name__}"
                 )
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
 
 # --- client -> server ---------------------------------------------------------
@@ -247,7 +255,10 @@ class Joined(_Validated, Frame):
 @_register("left")
 @dataclass(frozen=True)
 class Left(_Validated, Frame):
-    """``name`` left. ``reason``: quit, lost, timeout, dropped or shutdown; ``detail`` is free text."""
+    """``name`` left.
+
+    ``reason``: quit, lost, timeout, dropped or shutdown; ``detail`` is free text.
+    """
 
     name: str
     ts: float
@@ -336,7 +347,14 @@ def encode_frame(frame: Frame) -> bytes:
     Raises:
         LocalProtocolError: the encoded frame would exceed :data:`MAX_FRAME_BYTES`.
     """
-    data = (_encoder.encode(frame_to_dict(frame)) + "\n").encode("utf-8")
+    try:
+        data = (_encoder.encode(frame_to_dict(frame)) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError(
+            f"{frame.TYPE} frame contains a lone UTF-16 surrogate", code="bad-utf8"
+        ) from None
+    except ValueError:  # a non-finite float slipped past validation (object.__setattr__)
+        raise LocalProtocolError(f"{frame.TYPE} frame is not encodable", code="malformed") from None
     if len(data) > MAX_FRAME_BYTES:
         raise LocalProtocolError(
             f"{frame.TYPE} frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
@@ -353,13 +371,17 @@ def decode_frame(line: bytes | str) -> Frame:
         RemoteProtocolError: anything else wrong: bad UTF-8, not JSON, not an object,
             unsupported version, unknown type, missing or mistyped field.
     """
-    if len(line) > MAX_FRAME_BYTES:
+    # A str is measured in UTF-8 bytes, as it would be on the wire.
+    size = len(line) if isinstance(line, bytes) else len(line.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame longer than {MAX_FRAME_BYTES} bytes")
     try:
         text = line.decode("utf-8") if isinstance(line, bytes) else line
         body = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
-        raise RemoteProtocolError(f"frame is not valid UTF-8: {exc.reason}", code="bad-utf8") from None
+        raise RemoteProtocolError(
+            f"frame is not valid UTF-8: {exc.reason}", code="bad-utf8"
+        ) from None
     except (ValueError, RecursionError):
         # ValueError covers NaN/Infinity too (see _reject_constant); RecursionError a
         # deeply nested array, which json's C scanner refuses rather than overflowing.
@@ -384,11 +406,14 @@ def decode_frame(line: bytes | str) -> Frame:
         if not _check_type(value, expected):
             raise RemoteProtocolError(f"{type_name}.{name} has the wrong type", code="malformed")
         kwargs[name] = tuple(value) if isinstance(value, list) else value
-    # Only a \\u escape can smuggle a lone surrogate past UTF-8 decoding, and a str
-    # holding one cannot be re-encoded for the other users: refuse it here.
-    if "\\u" in text and any(_has_surrogate(v) for v in kwargs.values()):
+    # In bytes only a \\u escape can smuggle a lone surrogate past UTF-8 decoding (a str
+    # may hold one raw), and a str holding one cannot be re-encoded for the other
+    # users: refuse it here.
+    if (isinstance(line, str) or "\\u" in text) and any(_has_surrogate(v) for v in kwargs.values()):
         raise RemoteProtocolError("frame contains a lone UTF-16 surrogate", code="bad-utf8")
     try:
         return cls(**kwargs)
     except TypeError:
-        raise RemoteProtocolError(f"{type_name} frame is missing a field", code="malformed") from None
+        raise RemoteProtocolError(
+            f"{type_name} frame is missing a field", code="malformed"
+        ) from None

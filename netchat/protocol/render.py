@@ -28,8 +28,11 @@ from .text import sanitize_text as _s
 
 
 def clock(ts: float) -> str:
-    """``HH:MM:SS`` of a server timestamp, in local time."""
-    return time.strftime("%H:%M:%S", time.localtime(ts))
+    """``HH:MM:SS`` of a server timestamp, in local time (``??:??:??`` if out of range)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a hostile ts such as 1e300
+        return "??:??:??"
 
 
 def users_line(users: tuple[str, ...]) -> str:
@@ -63,7 +66,9 @@ def render_lines(frame: Frame) -> list[str]:
     if isinstance(frame, UserList):
         return [f"* {users_line(frame.users)}"]
     if isinstance(frame, Welcome):
-        lines = [f"* Welcome, {_s(frame.name)}! {users_line(frame.users)}. Type /help for commands."]
+        lines = [
+            f"* Welcome, {_s(frame.name)}! {users_line(frame.users)}. Type /help for commands."
+        ]
         return lines + [f"* {_s(line)}" for line in frame.motd.splitlines() if line.strip()]
     if isinstance(frame, Info):
         return [f"* {_s(line)}" if line.strip() else "*" for line in frame.text.splitlines()]

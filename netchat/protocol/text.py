@@ -37,7 +37,9 @@ _TRANSLATION.update({ord(c): " " for c in "\t\n\r\x0b\x0c\u2028\u2029\x85"})
 _TRANSLATION.update({ord(c): None for c in _BIDI_CONTROLS})
 _TRANSLATION.update({c: None for c in range(0xD800, 0xE000)})
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]"
+)
 
 
 def sanitize_text(text: str) -> str:

@@ -7,9 +7,9 @@ obtained, the hub and the client code are written once against these interfaces 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from collections.abc import Callable
 from typing import Protocol
 
 from ..protocol.frames import Frame

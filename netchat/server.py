@@ -1,0 +1,135 @@
+"""The public server: a hub, a transport chosen by ``--proto``, logging and signals."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import threading
+from pathlib import Path
+from types import FrameType, TracebackType
+
+from .eventlog import EventLog
+from .hub import Hub
+from .transport.base import Proto, ServerConfig, ServerTransport
+
+log = logging.getLogger("netchat.server")
+
+
+def _make_transport(hub: Hub, config: ServerConfig, proto: Proto) -> ServerTransport:
+    if proto is Proto.udp:
+        from .transport.udp_relay import UdpRelayServer
+
+        return UdpRelayServer(hub, config)
+    from .transport.tcp import TcpServer
+
+    return TcpServer(hub, config)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-files limit to the hard one: each client costs a descriptor,
+    and the common default of 1024 would cap a server below ``--max-clients``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # pragma: no cover - not permitted here
+            log.debug("could not raise the open-files limit from %s", soft)
+
+
+class Server:
+    """A netchat server, bound on construction (so port 0 works: read ``address``).
+
+    Args:
+        config: address, limits and timeouts.
+        proto: ``Proto.tcp`` (threaded stream server) or ``Proto.udp`` (datagram relay).
+        event_log: path of a JSON-lines file receiving every chat event.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local, …).
+
+    Example::
+
+        with Server(ServerConfig(port=0)).start() as server:
+            host, port = server.address
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        proto: Proto = Proto.tcp,
+        *,
+        event_log: str | Path | None = None,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.proto = Proto(proto)
+        raise_fd_limit()
+        self._event_log = EventLog(event_log) if event_log is not None else None
+        self.hub = Hub(
+            server_name=self.config.server_name, motd=self.config.motd, event_sink=self._event_log
+        )
+        try:
+            self.transport = _make_transport(self.hub, self.config, self.proto)
+        except BaseException:
+            if self._event_log is not None:
+                self._event_log.close()
+            raise
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        return self.transport.address
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown`, SIGINT or SIGTERM; then release everything.
+
+        Signal handlers are installed only when called on the main thread.
+        """
+        previous: dict[signal.Signals, signal._HANDLER] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        log.info("serving %s on %s:%s", self.proto.value, *self.address)
+        try:
+            self.transport.serve_forever()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._close_log()
+        log.info("server stopped")
+
+    def start(self) -> Server:
+        """Serve on a background thread; returns ``self`` (for ``with``)."""
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="netchat-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def shutdown(self, reason: str = "") -> None:
+        """Tell everyone the server is going away, stop, and wait for it (bounded)."""
+        self.transport.shutdown(reason)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=15)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        self.transport.shutdown("server stopped by its operator")
+
+    def _close_log(self) -> None:
+        if self._event_log is not None and not self._closed:
+            self._closed = True
+            self._event_log.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.shutdown()

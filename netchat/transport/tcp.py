@@ -1,0 +1,456 @@
+"""The threaded TCP server: a reader and a writer thread for every connection.
+
+Strategy
+--------
+Each accepted connection gets two threads. The *reader* owns ``recv``: it splits the
+stream into lines with :class:`LineReader`, turns lines into request frames and hands
+them to the hub. The *writer* owns ``send``: the hub only appends encoded bytes to
+the connection's outbound buffer (:meth:`TcpConnection.deliver`), and the writer
+sends everything queued in one ``sendall``, so a burst of 50 messages costs one
+system call, and a client that stops reading stalls only its own writer.
+
+The outbound buffer is bounded (``max_queue`` bytes): past it the hub drops the
+member as too slow, and the socket is shut down at once so the blocked writer wakes.
+Server memory is therefore bounded by ``max_clients × (max_queue + max frame)``.
+
+Two kinds of client share the port. The server greets every connection with a text
+line; a first line that is a JSON ``hello`` frame makes the connection *structured*
+(JSON frames both ways), anything else makes it *plain* (``nc``/``telnet``: the first
+line is the name, later lines are messages or ``/commands``, and the server sends
+readable UTF-8 lines). Both end up as the same frames at the hub.
+
+Liveness: a structured member silent for ``ping_interval`` is pinged and dropped
+after three silent intervals. Plain members cannot answer pings, so TCP keepalive
+detects their dead peers; a blocked send times out after ``ping_interval``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Literal
+
+from ..errors import CommandError, FrameTooLarge, ProtocolError, Rejected
+from ..hub import Hub, Outbound
+from ..protocol.commands import parse_input
+from ..protocol.frames import Error, Frame, Hello, Ping, Pong, Shutdown, decode_frame
+from ..protocol.ratelimit import TokenBucket
+from ..protocol.stream import LineReader
+from .base import ServerConfig
+
+log = logging.getLogger("netchat.tcp")
+
+Mode = Literal["unknown", "plain", "structured"]
+
+_RECV_BYTES = 65536
+_SHUTDOWN_GRACE = 3.0  # seconds the writers get to flush goodbyes on shutdown
+_MISSED_PINGS_ALLOWED = 2  # dropped on the third silent interval
+
+
+def _greeting(config: ServerConfig) -> bytes:
+    # One complete line: a structured client reads lines and skips non-JSON ones
+    # before its welcome, so the greeting must never leave a partial line behind.
+    return f"Welcome to {config.server_name}! Type your name and press Enter:\r\n".encode()
+
+
+class TcpConnection:
+    """One client connection: the hub's :class:`~netchat.hub.Session` for TCP."""
+
+    def __init__(self, server: TcpServer, sock: socket.socket, address: tuple[str, int]):
+        self.server = server
+        self.sock = sock
+        self.ip = address[0]
+        self.peer = (
+            f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+        )
+        self.mode: Mode = "unknown"
+        self._cond = threading.Condition(threading.Lock())
+        self._outbound: list[bytes] = []
+        self._queued = 0
+        self._closing = False
+        self._overflowed = False
+        self._aborted = False
+        self.reader = threading.Thread(
+            target=self._read_loop, name=f"netchat-read-{self.peer}", daemon=True
+        )
+        self.writer = threading.Thread(
+            target=self._write_loop, name=f"netchat-write-{self.peer}", daemon=True
+        )
+
+    # --- Session interface ---------------------------------------------------------
+
+    def deliver(self, out: Outbound) -> bool:
+        data = out.json if self.mode == "structured" else out.text
+        return self.send_bytes(data)
+
+    def close(self, reason: str) -> None:
+        if self._overflowed:
+            # The peer stopped reading: nothing queued can reach it, so do not wait.
+            log.warning("%s: disconnecting: %s", self.peer, reason)
+            self.abort()
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.writer.start()
+        self.reader.start()
+
+    def send_bytes(self, data: bytes) -> bool:
+        """Queue raw bytes for the writer; False if that would pass ``max_queue``."""
+        with self._cond:
+            if self._closing:
+                return True  # late deliveries to a closing connection are moot
+            if self._queued + len(data) > self.server.config.max_queue:
+                self._overflowed = True
+                return False
+            self._outbound.append(data)
+            self._queued += len(data)
+            self._cond.notify()
+        return True
+
+    def send_frame(self, frame: Frame) -> None:
+        self.deliver(Outbound(frame))
+
+    def abort(self) -> None:
+        """Shut the socket down now: wakes a reader blocked in recv and a writer in send."""
+        with self._cond:
+            self._closing = True
+            self._aborted = True
+            self._outbound.clear()
+            self._cond.notify()
+        with contextlib.suppress(OSError):  # already disconnected
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _write_loop(self) -> None:
+        sent = 0
+        try:
+            while True:
+                with self._cond:
+                    self._queued -= sent
+                    while not self._outbound and not self._closing:
+                        self._cond.wait()
+                    if self._aborted:
+                        return
+                    chunks, self._outbound = self._outbound, []
+                    closing = self._closing
+                data = b"".join(chunks) if len(chunks) > 1 else (chunks[0] if chunks else b"")
+                if data:
+                    self.sock.sendall(data)
+                sent = len(data)
+                if closing and not data:
+                    break
+        except OSError as exc:
+            log.debug("%s: send failed: %s", self.peer, exc)
+        finally:
+            # Shutting down (rather than closing) wakes the reader; it closes the socket.
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _read_loop(self) -> None:
+        hub = self.server.hub
+        leave_reason, detail = "lost", ""
+        try:
+            leave_reason, detail = self._converse()
+        except Exception:
+            log.exception("%s: unexpected error; disconnecting", self.peer)
+            leave_reason, detail = "lost", "server error"
+        finally:
+            hub.leave(self, leave_reason, detail)
+            self.close(detail or leave_reason)
+            self.writer.join(timeout=_SHUTDOWN_GRACE)
+            if self.writer.is_alive():
+                self.abort()
+                self.writer.join(timeout=_SHUTDOWN_GRACE)
+            self.sock.close()
+            self.server._forget(self)
+
+    def _converse(self) -> tuple[str, str]:
+        """Run the connection; return the (reason, detail) of its end for the hub."""
+        config = self.server.config
+        lines = LineReader()
+        bucket = TokenBucket(config.rate_limit, config.burst)
+        joined = False
+        missed_pings = 0
+        # A deadline, not just a socket timeout: a client dripping one byte every few
+        # seconds must not hold a connection slot forever without joining.
+        registration_deadline = time.monotonic() + config.registration_timeout
+        self.send_bytes(_greeting(config))
+        while True:
+            if not joined:
+                self.sock.settimeout(max(0.001, registration_deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(_RECV_BYTES)
+            except TimeoutError:
+                if not joined:
+                    self._refuse("registration-timeout", "no name received in time; goodbye")
+                    return "lost", "registration timeout"
+                if self.mode == "plain":
+                    continue  # a quiet nc user is fine; keepalive catches dead peers
+                missed_pings += 1
+                if missed_pings > _MISSED_PINGS_ALLOWED:
+                    return "timeout", ""
+                self.send_frame(Ping(str(missed_pings)))
+                continue
+            except OSError as exc:
+                return "lost", "" if exc.errno in (errno.ECONNRESET, errno.EPIPE) else str(exc)
+            if not data:
+                return "lost", ""
+            missed_pings = 0
+            lines.feed(data)
+            while True:
+                try:
+                    line = lines.next_line()
+                except FrameTooLarge as exc:
+                    self._error(
+                        exc.code, f"line dropped: longer than {lines.max_line} bytes", joined
+                    )
+                    continue
+                if line is None:
+                    break
+                if not joined:
+                    joined = self._register(line)
+                    if joined:
+                        self.sock.settimeout(config.ping_interval)
+                    elif time.monotonic() > registration_deadline:
+                        self._refuse("registration-timeout", "no name received in time; goodbye")
+                        return "lost", "registration timeout"
+                    continue
+                frame = self._parse(line)
+                if frame is None:
+                    continue
+                if not isinstance(frame, (Ping, Pong)):
+                    # Pausing the reader (not dropping) is how TCP rate limiting
+                    # pushes back: the kernel buffers fill and the sender slows down.
+                    pause = bucket.wait_time()
+                    if pause > 0:
+                        time.sleep(pause)
+                    bucket.try_take()
+                self.server.hub.handle(self, frame)
+                if self._closing:
+                    return "quit", ""
+
+    def _register(self, line: bytes) -> bool:
+        """Handle a line from a connection that has not joined; True once it has."""
+        if self.mode == "unknown":
+            self.mode = "plain"
+            if line.startswith(b"{"):
+                try:
+                    frame = decode_frame(line)
+                except ProtocolError:
+                    frame = None
+                if isinstance(frame, Hello):
+                    self.mode = "structured"
+                    return self._join(frame.name)
+        if self.mode == "structured":
+            frame = self._parse(line)
+            if isinstance(frame, Hello):
+                return self._join(frame.name)
+            if frame is not None:
+                self._error("not-joined", "join first: send a hello frame", False)
+            return False
+        try:
+            name = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self.send_bytes(b"! that name is not valid UTF-8; type your name again:\r\n")
+            return False
+        if not name:
+            self.send_bytes(b"Type your name and press Enter:\r\n")
+            return False
+        return self._join(name)
+
+    def _join(self, name: str) -> bool:
+        try:
+            self.server.hub.join(self, name)
+        except Rejected as exc:
+            if self.mode == "structured":
+                self.send_frame(Error(exc.code, str(exc), exc.suggestion or ""))
+            else:
+                self.send_bytes(f"! {exc}. Type another name:\r\n".encode())
+            return False
+        return True
+
+    def _parse(self, line: bytes) -> Frame | None:
+        """The request frame a joined member's line means, or None (error sent)."""
+        if self.mode == "structured":
+            if not line.strip():
+                return None
+            try:
+                return decode_frame(line)
+            except ProtocolError as exc:
+                self._error(exc.code, f"frame dropped: {exc}", True)
+                return None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(
+                "bad-utf8", "line dropped: not valid UTF-8 (set your terminal to UTF-8)", True
+            )
+            return None
+        if not text.strip():
+            return None
+        try:
+            return parse_input(text)
+        except CommandError as exc:
+            self._error("bad-command", str(exc), True)
+            return None
+
+    def _error(self, code: str, text: str, joined: bool) -> None:
+        if joined:
+            self.server.hub.report_error(self, code, text)
+        else:
+            self.send_frame(Error(code, text))
+
+    def _refuse(self, code: str, text: str) -> None:
+        self.send_frame(Error(code, text))
+        self.close(text)
+
+
+class TcpServer:
+    """The TCP transport: accepts connections and runs each on its own threads.
+
+    Args:
+        hub: where requests go.
+        config: address, limits and timeouts.
+    """
+
+    def __init__(self, hub: Hub, config: ServerConfig) -> None:
+        self.hub = hub
+        self.config = config
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self._listener = socket.create_server(
+            (config.host, config.port), family=family, backlog=1024
+        )
+        self._listener.setblocking(False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._lock = threading.Lock()
+        self._connections: set[TcpConnection] = set()
+        self._per_address: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._shutdown_reason = ""
+        self._serving_thread: int | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def serve_forever(self) -> None:
+        self._serving_thread = threading.get_ident()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._listener, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    for key, _ in selector.select():
+                        if key.fileobj is self._listener:
+                            self._accept_ready()
+        finally:
+            self._teardown()
+            self._stopped.set()
+
+    def shutdown(self, reason: str = "") -> None:
+        """Stop serving; from another thread, wait until everything is released."""
+        self._shutdown_reason = reason
+        self._stop.set()
+        with contextlib.suppress(OSError):  # already torn down
+            self._wake_w.send(b"x")
+        if self._serving_thread is not None and self._serving_thread != threading.get_ident():
+            self._stopped.wait(timeout=3 * _SHUTDOWN_GRACE)
+
+    def _accept_ready(self) -> None:
+        # Accept everything pending: under a connection storm one select per accept
+        # would leave the backlog full.
+        for _ in range(256):
+            try:
+                sock, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: log, and back off instead of spinning on a
+                # listener that stays readable.
+                log.error("accept failed: %s", exc)
+                time.sleep(0.1)
+                return
+            self._admit(sock, address)
+
+    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        sock.setblocking(True)
+        _tune(sock)
+        refusal = None
+        with self._lock:
+            if len(self._connections) >= self.config.max_clients:
+                refusal = f"server full ({self.config.max_clients} connections); try again later"
+            elif 0 < self.config.max_per_address <= self._per_address[address[0]]:
+                refusal = f"too many connections from {address[0]} (at most {self.config.max_per_address})"
+            else:
+                connection = TcpConnection(self, sock, address)
+                self._connections.add(connection)
+                self._per_address[address[0]] += 1
+        if refusal is not None:
+            log.warning("refused %s: %s", address[0], refusal)
+            _send_and_close(sock, f"! {refusal}\r\n".encode())
+            return
+        log.debug("accepted %s", connection.peer)
+        connection.start()
+
+    def _forget(self, connection: TcpConnection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+            self._per_address[connection.ip] -= 1
+            if self._per_address[connection.ip] <= 0:
+                del self._per_address[connection.ip]
+
+    def _teardown(self) -> None:
+        self._listener.close()
+        self.hub.shutdown(self._shutdown_reason)
+        with self._lock:
+            connections = list(self._connections)
+        goodbye = Outbound(Shutdown(self._shutdown_reason))
+        for connection in connections:  # those that never joined are not hub members
+            connection.deliver(goodbye)
+            connection.close("server shutting down")
+        deadline = time.monotonic() + _SHUTDOWN_GRACE
+        for connection in connections:
+            connection.reader.join(timeout=max(0.0, deadline - time.monotonic()))
+        for connection in connections:
+            if connection.reader.is_alive():
+                connection.abort()
+                connection.reader.join(timeout=1.0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _tune(sock: socket.socket) -> None:
+    # Chat lines are small and latency matters; the writer already coalesces.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def _send_and_close(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
