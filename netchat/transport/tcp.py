@@ -204,7 +204,7 @@ class TcpConnection:
             except OSError as exc:
                 return "lost", "" if exc.errno in (errno.ECONNRESET, errno.EPIPE) else str(exc)
             if not data:
-                return "lost", ""
+                return "quit", ""  # an orderly close (Ctrl-D in nc) is a plain goodbye
             missed_pings = 0
             lines.feed(data)
             while True:

@@ -1,0 +1,138 @@
+"""Raw-socket test clients: a plain ``nc``-like line client and a structured JSON client.
+
+They talk to a real server on 127.0.0.1 and wait with deadlines, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from typing import Any
+
+from netchat.protocol.frames import Frame, Hello, decode_frame, encode_frame
+
+WAIT = 10.0  # generous: shared CI machines are noisy, and a pass returns at once
+
+
+class LineClient:
+    """A connection that reads text lines (``\\r\\n`` stripped), like ``nc``."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = WAIT) -> None:
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.timeout = timeout
+        self._buffer = b""
+        self.lines: list[str] = []  # every line received so far, in order
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_line(self, text: str) -> None:
+        self.sock.sendall(text.encode("utf-8") + b"\n")
+
+    def _fill(self, deadline: float) -> bool:
+        """Receive once (bounded by ``deadline``); False on EOF or timeout."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            return False
+        if not data:
+            return False
+        self._buffer += data
+        *complete, self._buffer = self._buffer.split(b"\n")
+        self.lines += [line.rstrip(b"\r").decode("utf-8") for line in complete]
+        return True
+
+    def expect(self, pattern: str, timeout: float | None = None) -> str:
+        """Wait for (and consume up to) the first new line matching ``pattern``."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        regex = re.compile(pattern)
+        while True:
+            while self.lines:
+                line = self.lines.pop(0)
+                if regex.search(line):
+                    return line
+            if not self._fill(deadline):
+                raise AssertionError(f"no line matching {pattern!r} within the deadline")
+
+    def collect(self, duration: float) -> list[str]:
+        """All lines arriving within ``duration`` seconds (for checking absences)."""
+        deadline = time.monotonic() + duration
+        while self._fill(deadline):
+            pass
+        lines, self.lines = self.lines, []
+        return lines
+
+    def wait_closed(self, timeout: float = WAIT) -> bool:
+        """True once the server closed the connection (within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            remaining = deadline - time.monotonic()
+            self.sock.settimeout(max(remaining, 0.01))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            self._buffer += data
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def reset(self) -> None:
+        """Close abruptly with a TCP RST, as a crashed client or pulled cable would."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.sock.close()
+
+
+def plain_client(address: tuple[str, int], name: str) -> LineClient:
+    """A joined ``nc``-style client."""
+    client = LineClient(address)
+    client.expect("Type your name")
+    client.send_line(name)
+    client.expect(rf"Welcome, {re.escape(name)}!")
+    return client
+
+
+class FrameClient(LineClient):
+    """A structured client speaking JSON frames, skipping the text greeting."""
+
+    def send_frame(self, frame: Frame) -> None:
+        self.sock.sendall(encode_frame(frame))
+
+    def send_json(self, body: dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(body, ensure_ascii=False).encode() + b"\n")
+
+    def next_frame(self, kind: type[Frame] | None = None, timeout: float | None = None) -> Frame:
+        """The next frame (of type ``kind`` if given; others are skipped)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            while self.lines:
+                line = self.lines.pop(0)
+                if not line.startswith("{"):
+                    continue  # the greeting
+                frame = decode_frame(line)
+                if kind is None or isinstance(frame, kind):
+                    return frame
+            if not self._fill(deadline):
+                raise AssertionError(f"no {kind.__name__ if kind else 'frame'} within the deadline")
+
+
+def frame_client(address: tuple[str, int], name: str) -> FrameClient:
+    """A joined structured client."""
+    from netchat.protocol.frames import Welcome
+
+    client = FrameClient(address)
+    client.send_frame(Hello(name))
+    welcome = client.next_frame(Welcome)
+    assert isinstance(welcome, Welcome) and welcome.name == name
+    return client
