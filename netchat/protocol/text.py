@@ -19,13 +19,15 @@ from collections.abc import Iterator
 from .limits import MAX_NAME_CHARS
 
 # A whole escape sequence, not only its ESC byte, so no "[2J" litter is left behind:
-# CSI (ESC [ or the 8-bit 0x9B) ... final byte; OSC/DCS/PM/APC strings up to their
-# terminator (BEL or ST); and two-byte ESC sequences.
+# CSI (ESC [ or the 8-bit 0x9B) ... final byte; OSC/DCS/SOS/PM/APC strings up to their
+# terminator (BEL or ST); and other ESC sequences (ESC, intermediates, final: "ESC ( B").
 _ESCAPE_SEQUENCE = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
     r"|(?:\x1b[\]P^_X]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[ -~]?"
+    r"|\x1b[ -/]*[0-~]?"
 )
+
+_ESCAPE_START = re.compile("[\x1b\x9b\x90\x9d\x9e\x9f\x98]")
 
 _BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
@@ -50,7 +52,7 @@ def sanitize_text(text: str) -> str:
     """
     if _UNSAFE.search(text) is None:  # the common case: nothing to do, no copy
         return text
-    if "\x1b" in text or "\x9b" in text or "\x9d" in text or "\x90" in text:
+    if _ESCAPE_START.search(text) is not None:
         text = _ESCAPE_SEQUENCE.sub("", text)
     return text.translate(_TRANSLATION)
 
