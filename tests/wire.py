@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 from typing import Any
 
@@ -82,11 +83,36 @@ class LineClient:
                 return True
             if not data:
                 return True
-            self._buffer += data
+            self._buffer = (self._buffer + data)[-65536:]  # only the tail matters here
         return False
 
     def close(self) -> None:
+        """Close cleanly: send FIN and wait for the server's close, so no RST is sent.
+
+        (Closing a socket with unread data makes the kernel send a RST instead, which
+        the server rightly reports as a lost connection.)
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.wait_closed(timeout=2.0)
+        except OSError:
+            pass
         self.sock.close()
+
+    def discard_incoming(self) -> threading.Thread:
+        """Read and throw away everything from now on, on a daemon thread."""
+
+        def drain() -> None:
+            try:
+                while self.sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+
+        self.sock.settimeout(None)
+        thread = threading.Thread(target=drain, daemon=True)
+        thread.start()
+        return thread
 
     def reset(self) -> None:
         """Close abruptly with a TCP RST, as a crashed client or pulled cable would."""
