@@ -181,14 +181,18 @@ class Hub:
             if id(session) in self._by_session:
                 raise Rejected("you have already joined", code="already-joined")
             self._check_name_locked(name)
-            member = Member(name, session, self._clock())
+            # Announce first, then add and welcome: should the welcome not fit in the
+            # new session's backlog, its "dropped" departure then follows its arrival
+            # for everyone else; and a member dropped by the announcement is already
+            # gone from the welcome's user list, so the newcomer never hears of it.
+            seq, ts = self._stamp_locked()
+            self._broadcast_locked(Joined(name, ts, seq))
+            self._emit("join", name=name, peer=session.peer, ts=ts, seq=seq)
+            member = Member(name, session, ts)
             self._members[name_key(name)] = member
             self._by_session[id(session)] = member
             welcome = Welcome(name, self._names_locked(), self.server_name, self.motd)
             self._send_locked(member, welcome)
-            seq, ts = self._stamp_locked()
-            self._broadcast_locked(Joined(name, ts, seq), exclude=member)
-            self._emit("join", name=name, peer=session.peer, ts=ts, seq=seq)
         log.info("%s joined from %s", name, session.peer)
         return welcome
 
