@@ -1,0 +1,430 @@
+"""The client side of the UDP relay: whole frames over one connected datagram socket.
+
+Strategy
+--------
+The socket is ``connect()``-ed to the server, so the kernel drops datagrams from
+any other source and reports ICMP "port unreachable" as ``ConnectionRefusedError``.
+:meth:`UdpClientTransport.connect` fetches an address-validation cookie (proving the
+server is there); sending the ``Hello`` frame then sends the real join, which is
+retried until the server accepts or rejects it. The caller never sees cookies.
+
+One receiver thread owns everything time-driven: it retries the join, sends a
+heartbeat every interval the server announced, declares the server dead after
+:data:`MISSED_HEARTBEATS` intervals of silence, and runs the
+:class:`~netchat.protocol.datagram.SequenceTracker` that turns gaps into
+``Info("2 messages lost")`` frames, drops duplicates and reorders late arrivals.
+Frames reach :meth:`UdpClientTransport.receive` through a queue, in sequence order.
+
+Datagram size policy: the server fragments frames too large for one datagram and
+this side reassembles them; a frame *we* would send that does not fit in
+:data:`~netchat.protocol.limits.MAX_DATAGRAM_BYTES` is refused locally with an
+``Error("too-large")`` frame delivered through :meth:`receive`, not sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from ..errors import ConnectError, ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from ..protocol import datagram as dg
+from ..protocol.frames import Error, Frame, Hello, Info, Quit, Welcome, decode_frame, encode_frame
+from ..protocol.limits import MAX_DATAGRAM_BYTES
+from .tcp_client import describe_os_error, format_address
+
+#: Intervals without a word from the server after which it is declared dead.
+MISSED_HEARTBEATS = 3
+#: Seconds between retries of the cookie request and of the join.
+RETRY_INTERVAL = 0.5
+#: Join attempts before giving up.
+JOIN_ATTEMPTS = 10
+#: DATA datagrams kept while the ACCEPT that numbers them is still on its way.
+MAX_EARLY_DATAGRAMS = 64
+#: Largest encoded frame we send: it must fit in one datagram with its header.
+MAX_REQUEST_BYTES = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+
+
+class _Closed:
+    """Queued last: every later :meth:`UdpClientTransport.receive` raises with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def lost_notice(count: int) -> Info:
+    """The frame shown for a gap: ``* 2 messages lost``."""
+    return Info(f"{count} message{'s' if count != 1 else ''} lost")
+
+
+class UdpClientTransport:
+    """A :class:`~netchat.transport.base.ClientTransport` over the UDP relay.
+
+    Args:
+        host: server host name or address.
+        port: server UDP port.
+        connect_timeout: seconds :meth:`connect` waits for the server's cookie.
+        reorder_window: seconds a gap may stay open for a late datagram.
+        clock: monotonic time source.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 5.0,
+        reorder_window: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.reorder_window = reorder_window
+        self._clock = clock
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._frames: queue.Queue[Frame | _Closed] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._cookie = dg.NO_COOKIE
+        self._hello: bytes | None = None  # the join, until the server answers it
+        self._join_attempts = 0
+        self._join_sent_at = 0.0
+        self._accepted: dg.Accept | None = None
+        self._welcomed = False
+        self._early: list[dg.Data] = []
+        self._tracker: dg.SequenceTracker[tuple[bytes, bool, bool]] = dg.SequenceTracker(
+            reorder_window=reorder_window
+        )
+        self._reassembler = dg.Reassembler()
+        self._send_seq = 1
+        self._heartbeat = 5.0
+        self._next_ping = 0.0
+        self._last_heard = 0.0
+        self._nonces = itertools.count(1)
+        self._closed = threading.Event()
+        self._ended = False
+        self._counters: Counter[str] = Counter()
+
+    @property
+    def _where(self) -> str:
+        return f"udp://{format_address(self.host, self.port)}"
+
+    # --- ClientTransport ----------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Reach the server and get a join cookie.
+
+        Raises:
+            ConnectError: unknown host, nothing listening, or no answer in time.
+        """
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+            family, _, _, _, address = infos[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise ConnectError(f"cannot reach {self._where}: {describe_os_error(exc)}") from exc
+        try:
+            sock.connect(address)
+            self._sock = sock
+            self._cookie = self._fetch_cookie(sock)
+        except BaseException:
+            self._sock = None
+            sock.close()
+            raise
+        self._last_heard = self._clock()
+        self._thread = threading.Thread(
+            target=self._receive_loop, name="netchat-udp-client", daemon=True
+        )
+        self._thread.start()
+
+    def _fetch_cookie(self, sock: socket.socket) -> bytes:
+        deadline = self._clock() + self.connect_timeout
+        while (remaining := deadline - self._clock()) > 0:
+            try:
+                sock.send(dg.encode_hello(dg.NO_COOKIE))
+                self._counters["sent"] += 1
+                readable, _, _ = select.select([sock], [], [], min(RETRY_INTERVAL, remaining))
+                if not readable:
+                    continue
+                data = sock.recv(MAX_DATAGRAM_BYTES + 1)
+            except OSError as exc:
+                raise ConnectError(f"cannot reach {self._where}: {describe_os_error(exc)}") from exc
+            self._counters["received"] += 1
+            try:
+                answer = dg.decode_datagram(data)
+            except RemoteProtocolError:
+                self._counters["invalid"] += 1
+                continue
+            if isinstance(answer, dg.Cookie):
+                return answer.cookie
+            if isinstance(answer, dg.Notice):
+                raise ConnectError(f"{self._where} refused us: {answer.code}")
+        raise ConnectError(f"no answer from {self._where} within {self.connect_timeout:g} s")
+
+    def send(self, frame: Frame) -> None:
+        """Send one frame; a ``Hello`` starts the join.
+
+        A frame too large for one datagram is not sent: an ``Error("too-large")``
+        frame saying so arrives through :meth:`receive` instead.
+
+        Raises:
+            ConnectionClosed: the session has ended or was never connected.
+        """
+        if self._sock is None or self._closed.is_set():
+            raise ConnectionClosed("not connected")
+        try:
+            payload = encode_frame(frame)
+        except LocalProtocolError as exc:
+            self._refuse(str(exc))
+            return
+        if isinstance(frame, Hello):
+            with self._lock:
+                self._hello = payload
+                self._join_attempts = 0
+            self._send_join()
+            return
+        if len(payload) > MAX_REQUEST_BYTES:
+            self._refuse(
+                f"message not sent: {len(payload)} bytes encoded, but a UDP datagram holds"
+                f" {MAX_REQUEST_BYTES}; shorten it (or use --proto tcp)"
+            )
+            return
+        with self._lock:
+            seq = self._send_seq
+            self._send_seq += 1
+        self._send_raw(dg.encode_data(seq, payload))
+        if isinstance(frame, Quit):
+            self._counters["quit"] = 1
+
+    def receive(self, timeout: float | None = None) -> Frame | None:
+        try:
+            item = self._frames.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, _Closed):
+            self._frames.put(item)  # keep answering "closed" to later calls
+            raise ConnectionClosed(item.reason)
+        return item
+
+    def close(self) -> None:
+        """Tell the server we are leaving (if it does not know yet) and stop. Idempotent."""
+        if self._closed.is_set():
+            return
+        with self._lock:
+            say_bye = self._accepted is not None and not self._ended
+        if say_bye:
+            self._send_raw(dg.encode_bye("client closed"))
+        self._closed.set()
+        self._end("connection closed")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+        if self._sock is not None:
+            self._sock.close()
+
+    def stats(self) -> dict[str, int]:
+        """Datagrams sent and received, frames delivered, and the sequence counters:
+        lost, duplicates, reordered, late (arrived after being reported lost),
+        invalid (undecodable or implausible datagrams), heartbeats."""
+        tracker = self._tracker
+        return {
+            "sent": self._counters["sent"],
+            "received": self._counters["received"],
+            "frames": self._counters["frames"],
+            "lost": tracker.lost,
+            "duplicates": tracker.duplicates,
+            "reordered": tracker.reordered,
+            "late": tracker.late,
+            "invalid": self._counters["invalid"] + tracker.invalid,
+            "heartbeats": self._counters["heartbeats"],
+        }
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _refuse(self, text: str) -> None:
+        self._frames.put(Error("too-large", text))
+
+    def _send_raw(self, datagram: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionClosed("not connected")
+        try:
+            sock.send(datagram)
+        except ConnectionRefusedError:
+            self._end(f"{self._where} is gone (connection refused)")
+            raise ConnectionClosed(f"{self._where} is gone (connection refused)") from None
+        except OSError as exc:
+            if self._closed.is_set():
+                raise ConnectionClosed("connection closed") from exc
+            self._counters["send_errors"] += 1  # datagrams may be dropped; not fatal
+            return
+        self._counters["sent"] += 1
+
+    def _send_join(self) -> None:
+        with self._lock:
+            hello = self._hello
+            if hello is None:
+                return
+            self._join_attempts += 1
+            self._join_sent_at = self._clock()
+            datagram = dg.encode_hello(self._cookie, hello)
+        self._send_raw(datagram)
+
+    def _end(self, reason: str) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self._frames.put(_Closed(reason))
+
+    def _receive_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            while not self._ended and not self._closed.is_set():
+                readable, _, _ = select.select([sock], [], [], self._wait_time())
+                if readable:
+                    self._drain(sock)
+                self._tick(self._clock())
+        except (OSError, ValueError) as exc:  # the socket was closed under us
+            if not self._closed.is_set():
+                self._end(f"connection lost: {describe_os_error(exc)}")
+        except ConnectionClosed as exc:
+            self._end(str(exc))
+
+    def _wait_time(self) -> float:
+        now = self._clock()
+        moments = [now + 0.5]
+        deadline = self._tracker.deadline()
+        if deadline is not None:
+            moments.append(deadline)
+        if self._accepted is not None:
+            moments.append(self._next_ping)
+        elif self._hello is not None:
+            moments.append(self._join_sent_at + RETRY_INTERVAL)
+        return min(0.5, max(0.005, min(moments) - now))
+
+    def _drain(self, sock: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data = sock.recv(MAX_DATAGRAM_BYTES + 1, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                self._end(f"{self._where} is gone (connection refused)")
+                return
+            self._counters["received"] += 1
+            now = self._clock()
+            try:
+                datagram = dg.decode_datagram(data)
+            except RemoteProtocolError:
+                self._counters["invalid"] += 1
+                continue
+            self._last_heard = now
+            self._on_datagram(datagram, now)
+
+    def _on_datagram(self, datagram: dg.Datagram, now: float) -> None:
+        if isinstance(datagram, dg.Data):
+            if self._accepted is None:
+                if len(self._early) < MAX_EARLY_DATAGRAMS:
+                    self._early.append(datagram)
+                return
+            self._on_data(datagram, now)
+        elif isinstance(datagram, dg.Pong):
+            self._release(self._tracker.advance_to(datagram.next_seq, now))
+        elif isinstance(datagram, dg.Accept):
+            if self._accepted is None and self._hello is not None:
+                self._on_accept(datagram, now)
+        elif isinstance(datagram, dg.Cookie):
+            # Our cookie expired before the join got through: retry with the new one.
+            if self._accepted is None and self._hello is not None:
+                self._cookie = datagram.cookie
+                self._send_join()
+        elif isinstance(datagram, dg.Reject):
+            if self._accepted is None and self._hello is not None:
+                self._on_reject(datagram)
+        elif isinstance(datagram, dg.Bye):
+            self._end(f"the server closed the session ({datagram.reason or 'no reason given'})")
+        elif isinstance(datagram, dg.Notice):
+            if datagram.code == "not-joined":
+                self._end("the server no longer knows us (did it restart?)")
+            else:
+                self._counters["notices"] += 1
+        else:
+            self._counters["invalid"] += 1
+
+    def _on_accept(self, accept: dg.Accept, now: float) -> None:
+        with self._lock:
+            self._hello = None
+            self._accepted = accept
+        self._heartbeat = max(0.01, accept.heartbeat_ms / 1000)
+        self._next_ping = now + self._heartbeat
+        self._tracker = dg.SequenceTracker(accept.first_seq, reorder_window=self.reorder_window)
+        early, self._early = self._early, []
+        for data in early:
+            self._on_data(data, now)
+
+    def _on_reject(self, reject: dg.Reject) -> None:
+        with self._lock:
+            self._hello = None
+        try:
+            frame = decode_frame(reject.payload)
+        except RemoteProtocolError:
+            frame = Error("rejected", "the server refused the join")
+        self._frames.put(frame)
+
+    def _on_data(self, data: dg.Data, now: float) -> None:
+        last = len(data.units) - 1
+        for index, unit in enumerate(data.units):
+            item = (unit, index == 0 and data.cont, index == last and data.more)
+            self._release(self._tracker.accept(data.seq + index, item, now))
+
+    def _release(self, released: list[tuple[bytes, bool, bool] | dg.Gap]) -> None:
+        for item in released:
+            if isinstance(item, dg.Gap):
+                self._reassembler.gap()
+                if not self._welcomed and self._accepted is not None:
+                    # The welcome itself was lost: stand in for it, so the join completes.
+                    self._welcomed = True
+                    name = self._accepted.name
+                    self._frames.put(Welcome(name, (name,)))
+                self._frames.put(lost_notice(item.count))
+                continue
+            unit, cont, more = item
+            whole = self._reassembler.feed(unit, cont=cont, more=more)
+            if whole is None:
+                continue
+            try:
+                frame = decode_frame(whole)
+            except RemoteProtocolError:
+                self._counters["invalid"] += 1
+                continue
+            if isinstance(frame, Welcome):
+                self._welcomed = True
+            self._counters["frames"] += 1
+            self._frames.put(frame)
+
+    def _tick(self, now: float) -> None:
+        self._release(self._tracker.poll(now))
+        if self._accepted is None:
+            if self._hello is not None and now - self._join_sent_at >= RETRY_INTERVAL:
+                if self._join_attempts >= JOIN_ATTEMPTS:
+                    self._end(f"{self._where} did not answer our join")
+                else:
+                    self._send_join()
+            return
+        if now - self._last_heard > MISSED_HEARTBEATS * self._heartbeat:
+            self._end("server not responding")
+            return
+        if now >= self._next_ping:
+            self._next_ping = now + self._heartbeat
+            self._counters["heartbeats"] += 1
+            with contextlib.suppress(ConnectionClosed):
+                self._send_raw(dg.encode_ping(next(self._nonces), self._tracker.next_seq))
