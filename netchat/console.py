@@ -1,0 +1,367 @@
+"""The console: drives any chat endpoint (a server client or a serverless peer).
+
+Two modes, chosen by :func:`run_console`:
+
+* **Pipe mode** (stdin or stdout is not a terminal, or ``--plain``). Every line read
+  from stdin is sent as typed; every received event is printed to stdout as the lines
+  of :func:`~netchat.protocol.render.render_lines`, flushed at once, so scripts and
+  tests can read the chat line by line. Stdout carries only chat events (``/stats``
+  answers included); local errors such as a malformed ``/command`` go to stderr as
+  ``! message``. End of input sends ``/quit`` and exits once the server confirms by
+  closing, or after :data:`QUIT_WAIT` seconds.
+
+* **Interactive mode** (a terminal). A prompt_toolkit prompt with in-memory history;
+  incoming events are printed above the input line, which stays intact while typing.
+  Lines carry timestamps, each name has a stable colour, and a message mentioning us
+  is highlighted and rings the bell. ``NO_COLOR`` (any non-empty value) or
+  ``--no-color`` disables colour. ``/quit``, Ctrl-D and Ctrl-C leave.
+
+Exit codes: 0 after ``/quit``, Ctrl-D or end of input; 1, with one line on stderr,
+when the endpoint cannot start (refused, name taken, …) or the server goes away.
+
+prompt_toolkit is imported only by interactive mode, so pipe mode starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import sys
+import threading
+import time
+import zlib
+from typing import TYPE_CHECKING, TextIO
+
+from .errors import CommandError, ConnectError, NetchatError, Rejected, TransportError
+from .protocol.commands import split_command
+from .protocol.frames import Frame, Message, PrivateMessage
+from .protocol.render import clock, render_lines
+from .protocol.text import name_key, sanitize_text
+from .transport.base import ChatEndpoint
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.formatted_text import StyleAndTextTuples
+
+#: Seconds to wait for the server to confirm a /quit before leaving anyway.
+QUIT_WAIT = 3.0
+
+_READ_BYTES = 65536
+
+
+def color_allowed(no_color_flag: bool, environ: dict[str, str] | None = None) -> bool:
+    """False when ``--no-color`` was given or ``NO_COLOR`` is set to a non-empty value."""
+    env = os.environ if environ is None else environ
+    return not no_color_flag and not env.get("NO_COLOR")
+
+
+def start_failure_message(exc: NetchatError) -> str:
+    """The one line shown (after ``netchat:``) when an endpoint cannot start."""
+    text = sanitize_text(str(exc))
+    if isinstance(exc, ConnectError) and isinstance(exc.__cause__, ConnectionRefusedError):
+        return f"{text} — is the server running? start one with: netchat server"
+    if isinstance(exc, Rejected) and exc.code == "server-full":
+        return f"{text} (the server is full; try again later)"
+    return text
+
+
+def run_console(
+    endpoint: ChatEndpoint,
+    *,
+    plain: bool = False,
+    color: bool = True,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin_fd: int | None = None,
+) -> int:
+    """Start ``endpoint`` and run the chat until the user leaves or the session ends.
+
+    Args:
+        endpoint: a :class:`~netchat.client.Client` or a serverless peer.
+        plain: force pipe mode even on a terminal.
+        color: allow colour in interactive mode (see :func:`color_allowed`).
+        stdout, stderr, stdin_fd: pipe-mode streams (the process's own by default).
+
+    Returns:
+        The process exit code: 0 after a normal end, 1 after a failure (already
+        reported on stderr).
+    """
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
+    interactive = not plain and os.isatty(fd) and out.isatty()
+    console: _PipeConsole | _TerminalConsole
+    if interactive:
+        console = _TerminalConsole(endpoint, color)
+    else:
+        console = _PipeConsole(endpoint, out, err, fd)
+    try:
+        endpoint.start(console.on_event, console.on_closed)
+    except NetchatError as exc:
+        print(f"netchat: {start_failure_message(exc)}", file=err, flush=True)
+        return 1
+    try:
+        reason = console.run()
+    finally:
+        endpoint.close()
+    if reason is not None:
+        print(f"netchat: {sanitize_text(reason)}", file=err, flush=True)
+        return 1
+    return 0
+
+
+def _is_quit(line: str) -> bool:
+    command = split_command(line)
+    return command is not None and command[0] == "quit"
+
+
+# --- pipe mode -------------------------------------------------------------------------
+
+
+class _Eof:
+    """Queued by the stdin reader at end of input."""
+
+
+class _Closed:
+    """Queued when the endpoint's session ends."""
+
+
+class _PipeConsole:
+    """Line in, line out; see the module docstring."""
+
+    def __init__(self, endpoint: ChatEndpoint, out: TextIO, err: TextIO, stdin_fd: int) -> None:
+        self.endpoint = endpoint
+        self.out = out
+        self.err = err
+        self.stdin_fd = stdin_fd
+        self.reason: str | None = None
+        self._inbox: queue.Queue[str | _Eof | _Closed] = queue.Queue()
+        self._write_lock = threading.Lock()
+        # The protocol is UTF-8; a pipe should carry it whatever the locale says.
+        reconfigure = getattr(out, "reconfigure", None)
+        if reconfigure is not None and getattr(out, "encoding", "utf-8").lower() != "utf-8":
+            reconfigure(encoding="utf-8", errors="replace")
+
+    def on_event(self, frame: Frame) -> None:
+        lines = render_lines(frame)
+        if not lines:
+            return
+        with self._write_lock:
+            for line in lines:
+                self.out.write(line + "\n")
+            self.out.flush()
+
+    def on_closed(self, reason: str | None) -> None:
+        self.reason = reason
+        self._inbox.put(_Closed())
+
+    def run(self) -> str | None:
+        # stdin is read on a daemon thread with os.read (no buffered-file lock), so a
+        # session that ends while it is blocked can still exit at once.
+        threading.Thread(target=self._read_stdin, name="netchat-stdin", daemon=True).start()
+        while True:
+            item = self._inbox.get()
+            if isinstance(item, _Closed):
+                return self.reason
+            if isinstance(item, _Eof):
+                self._send("/quit")
+                return self._await_close()
+            if self._send(item) and _is_quit(item):
+                return self._await_close()
+
+    def _await_close(self) -> str | None:
+        self.endpoint.wait(QUIT_WAIT)
+        return self.reason
+
+    def _send(self, line: str) -> bool:
+        try:
+            self.endpoint.send_line(line)
+        except CommandError as exc:
+            print(f"! {exc}", file=self.err, flush=True)
+            return False
+        except TransportError:
+            return False  # the session is ending; on_closed reports why
+        return True
+
+    def _read_stdin(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self.stdin_fd, _READ_BYTES)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                self._queue_line(raw)
+        if pending:
+            self._queue_line(pending)
+        self._inbox.put(_Eof())
+
+    def _queue_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        if line.strip():
+            self._inbox.put(line)
+
+
+# --- interactive mode ------------------------------------------------------------------
+
+#: Name colours: distinct on dark and light backgrounds, no black or white.
+NAME_PALETTE = (
+    "ansigreen",
+    "ansiyellow",
+    "ansiblue",
+    "ansimagenta",
+    "ansicyan",
+    "ansired",
+    "ansibrightgreen",
+    "ansibrightyellow",
+    "ansibrightblue",
+    "ansibrightmagenta",
+    "ansibrightcyan",
+    "ansibrightred",
+)
+
+
+def name_color(name: str) -> str:
+    """The colour of ``name``: the same in every session and on every machine.
+
+    crc32, not ``hash()``, because ``hash()`` of a str changes with every process.
+    """
+    return NAME_PALETTE[zlib.crc32(name_key(name).encode("utf-8")) % len(NAME_PALETTE)]
+
+
+def mentions(text: str, name: str) -> bool:
+    """True when ``name`` occurs in ``text`` as a whole word, ignoring case."""
+    if not name:
+        return False
+    pattern = rf"(?<![\w]){re.escape(name)}(?![\w])"
+    return re.search(pattern, text, flags=re.IGNORECASE) is not None
+
+
+def format_event(frame: Frame, me: str, color: bool) -> tuple[StyleAndTextTuples, bool]:
+    """The styled lines of ``frame`` for the terminal, and whether to ring the bell."""
+    time_style = "ansibrightblack" if color else ""
+    highlight = "bold ansiblack bg:ansiyellow" if color else "bold reverse"
+
+    def who(name: str) -> tuple[str, str]:
+        return (f"bold {name_color(name)}" if color else "bold", sanitize_text(name))
+
+    if isinstance(frame, Message):
+        text = sanitize_text(frame.text)
+        mentioned = frame.sender != me and mentions(text, me)
+        head: StyleAndTextTuples = [(time_style, f"[{clock(frame.ts)}] ")]
+        if frame.action:
+            head += [("", "* "), who(frame.sender), ("", " ")]
+        else:
+            head += [("", "<"), who(frame.sender), ("", "> ")]
+        return [*head, (highlight if mentioned else "", text), ("", "\n")], mentioned
+    if isinstance(frame, PrivateMessage):
+        to_me = frame.to == me and frame.sender != me
+        private_style = "italic ansimagenta" if color else "italic"
+        return [
+            (time_style, f"[{clock(frame.ts)}] "),
+            ("", "<"),
+            who(frame.sender),
+            (private_style, " -> "),
+            who(frame.to),
+            ("", "> "),
+            (private_style, sanitize_text(frame.text)),
+            ("", "\n"),
+        ], to_me
+    lines = render_lines(frame)
+    if not lines:
+        return [], False
+    stamp = clock(getattr(frame, "ts", time.time()))
+    notice_style = ("ansired" if lines[0].startswith("!") else "ansibrightblack") if color else ""
+    fragments: StyleAndTextTuples = []
+    for line in lines:
+        fragments += [(time_style, f"[{stamp}] "), (notice_style, line), ("", "\n")]
+    return fragments, False
+
+
+class _TerminalConsole:
+    """A prompt_toolkit prompt with the chat printed above it."""
+
+    def __init__(self, endpoint: ChatEndpoint, color: bool) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import InMemoryHistory
+        from prompt_toolkit.output import ColorDepth
+
+        self.endpoint = endpoint
+        self.color = color
+        self.reason: str | None = None
+        self._ended = threading.Event()
+        self._color_depth = ColorDepth.DEPTH_8_BIT if color else ColorDepth.DEPTH_1_BIT
+        self.session: PromptSession[str] = PromptSession(
+            history=InMemoryHistory(), color_depth=self._color_depth
+        )
+        # A session may end while no prompt is running (between two prompts): the
+        # next prompt then leaves as soon as it has drawn itself.
+        self.session.app.after_render += self._exit_if_ended
+
+    def on_event(self, frame: Frame) -> None:
+        fragments, bell = format_event(frame, self.endpoint.name, self.color)
+        if fragments:
+            self._print(fragments, bell)
+
+    def on_closed(self, reason: str | None) -> None:
+        self.reason = reason
+        self._ended.set()
+        app = self.session.app
+        loop = app.loop
+        if app.is_running and loop is not None:
+            loop.call_soon_threadsafe(self._exit_if_ended, app)
+
+    def run(self) -> str | None:
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        # patch_stdout keeps stray prints and log records from tearing the prompt.
+        with patch_stdout(raw=True):
+            while not self._ended.is_set():
+                try:
+                    line = self.session.prompt(self._prompt_text)
+                except (EOFError, KeyboardInterrupt):
+                    return self._quit()
+                if self._ended.is_set():
+                    break
+                if line is None or not line.strip():
+                    continue
+                if _is_quit(line):
+                    return self._quit(line)
+                try:
+                    self.endpoint.send_line(line)
+                except (CommandError, TransportError) as exc:
+                    self._print([("ansired" if self.color else "", f"! {exc}\n")], False)
+        return self.reason
+
+    def _quit(self, line: str = "/quit") -> str | None:
+        # Already gone: nothing to say goodbye to.
+        with contextlib.suppress(CommandError, TransportError):
+            self.endpoint.send_line(line)
+        self.endpoint.wait(QUIT_WAIT)
+        return self.reason
+
+    def _prompt_text(self) -> StyleAndTextTuples:
+        name = self.endpoint.name
+        return [(f"bold {name_color(name)}" if self.color else "bold", name), ("", "> ")]
+
+    def _print(self, fragments: StyleAndTextTuples, bell: bool) -> None:
+        from prompt_toolkit import print_formatted_text
+        from prompt_toolkit.formatted_text import FormattedText
+
+        if bell:
+            fragments = [*fragments, ("", "\a")]
+        # Safe from any thread: with a prompt running it prints above it, redrawing the
+        # input line afterwards; otherwise it prints directly.
+        print_formatted_text(FormattedText(fragments), end="", color_depth=self._color_depth)
+
+    def _exit_if_ended(self, app: object) -> None:
+        application = self.session.app
+        future = application.future
+        if self._ended.is_set() and application.is_running and future and not future.done():
+            application.exit(result="")
