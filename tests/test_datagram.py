@@ -300,3 +300,22 @@ def test_source_limiter_is_fixed_size_and_refills() -> None:
     for n in range(1000):
         limiter.allow(f"10.0.{n // 256}.{n % 256}", 2.0)
     assert len(limiter._tokens) == 4
+
+
+def test_a_real_jump_is_followed_once_confirmed() -> None:
+    tracker: dg.SequenceTracker[int] = dg.SequenceTracker(max_jump=100)
+    tracker.accept(1, 1, 0.0)
+    assert tracker.accept(5000, 5000, 0.0) == []
+    assert tracker.accept(5001, 5001, 0.0) == []
+    assert tracker.accept(5002, 5002, 0.0) == [dg.Gap(4998), 5000, 5001, 5002]
+    assert tracker.next_seq == 5003
+
+
+def test_replay_window_follows_a_confirmed_jump() -> None:
+    window = dg.ReplayWindow(max_jump=100)
+    assert window.check(1)
+    assert not window.check(5000)
+    assert not window.check(5001)
+    assert window.check(5002)
+    assert window.check(5003)
+    assert not window.check(5002)

@@ -410,6 +410,9 @@ def pack_data(
 
 T = TypeVar("T")
 
+#: Units far ahead, close to each other, that convince a receiver to resynchronise.
+RESYNC_AFTER = 3
+
 
 @dataclass(frozen=True)
 class Gap:
@@ -425,7 +428,9 @@ class SequenceTracker(Generic[T]):
     and at most ``max_buffered`` of them, for the hole to fill; then the hole is
     reported as a :class:`Gap` and delivery moves on. A unit numbered more than
     ``max_jump`` ahead is not believed (a forged or corrupt number would otherwise
-    declare billions of messages lost) and is counted as ``invalid``.
+    declare billions of messages lost) and is counted as ``invalid``, unless
+    :data:`RESYNC_AFTER` such units agree with each other: then the sender really is
+    that far ahead, and the tracker reports the gap and follows it.
 
     Time is an argument (``now``), never read here, so tests need no sleeping.
     Not thread-safe: one receiver thread owns a tracker.
@@ -447,6 +452,7 @@ class SequenceTracker(Generic[T]):
         self._hole_since: float | None = None
         self._highest = first_seq - 1
         self._tail = first_seq  # the sender's announced next number (see advance_to)
+        self._far: dict[int, T] = {}  # units implausibly far ahead (see _far_ahead)
         self._recent_gaps: list[tuple[int, int]] = []  # [start, end) ranges reported lost
         self.delivered = 0
         self.lost = 0
@@ -475,8 +481,7 @@ class SequenceTracker(Generic[T]):
                 self.duplicates += 1
             return []
         if seq - self.next_seq > self.max_jump:
-            self.invalid += 1
-            return []
+            return self._far_ahead(seq, item, now)
         if seq in self._waiting:
             self.duplicates += 1
             return []
@@ -496,6 +501,25 @@ class SequenceTracker(Generic[T]):
         while len(self._waiting) > self.max_buffered:
             released += self._skip_hole(now)
         return released + self.poll(now)
+
+    def _far_ahead(self, seq: int, item: T, now: float) -> list[T | Gap]:
+        # One far jump is not believed; RESYNC_AFTER units agreeing with each other
+        # are: the sender really moved on (we missed more than max_jump units).
+        self.invalid += 1
+        if self._far and not 0 < abs(seq - max(self._far)) <= self.max_jump:
+            self._far = {}
+        self._far[seq] = item
+        if len(self._far) < RESYNC_AFTER:
+            return []
+        far, self._far = self._far, {}
+        released: list[T | Gap] = []
+        while self._waiting:
+            released += self._skip_hole(now)
+        self._tail = max(self._tail, min(far))
+        released += self._skip_hole(now)
+        for far_seq in sorted(far):
+            released += self.accept(far_seq, far[far_seq], now)
+        return released
 
     def advance_to(self, next_seq: int, now: float) -> list[T | Gap]:
         """The sender says its next unit will be ``next_seq``, so every unit before it
@@ -595,7 +619,8 @@ class ReplayWindow:
 
     A sliding window of ``size`` numbers, as IPsec's anti-replay check: a number
     seen before, or older than the window, is rejected; so is one implausibly far
-    ahead (``max_jump``), which only a forged or corrupt datagram would carry.
+    ahead (``max_jump``), unless :data:`RESYNC_AFTER` in a row agree (the client
+    really moved on while its datagrams were being dropped).
     """
 
     def __init__(self, size: int = 256, max_jump: int = 4096) -> None:
@@ -603,15 +628,26 @@ class ReplayWindow:
         self.max_jump = max_jump
         self.highest = 0
         self._seen = 0  # bit i set: highest - i was seen
+        self._far_run = 0
+        self._far_last: int | None = None
         self.duplicates = 0
         self.invalid = 0
 
     def check(self, first: int, count: int = 1) -> bool:
         """Record units ``first .. first+count-1``; False (and counted) if any is a replay."""
         last = first + count - 1
-        if first < 1 or last - self.highest > self.max_jump:
+        if first < 1:
             self.invalid += 1
             return False
+        if last - self.highest > self.max_jump:
+            # As in SequenceTracker: believe a far jump once RESYNC_AFTER agree.
+            close = self._far_last is not None and 0 < first - self._far_last <= self.max_jump
+            self._far_run = self._far_run + 1 if close else 1
+            self._far_last = last
+            if self._far_run < RESYNC_AFTER:
+                self.invalid += 1
+                return False
+            self._far_run, self._far_last = 0, None
         for seq in range(first, last + 1):
             if seq <= self.highest - self.size or (
                 seq <= self.highest and self._seen >> (self.highest - seq) & 1
@@ -699,13 +735,14 @@ class SourceLimiter:
 
     Sources hash (with a secret key, so nobody can aim at one slot) into ``slots``
     buckets; colliding sources share one, which only makes the limit stricter. Memory
-    is fixed at construction: spraying from a million addresses grows nothing.
+    is fixed at construction: spraying from a million addresses grows nothing. The
+    defaults leave room for a classroom behind one NAT address joining at once.
     """
 
     def __init__(
         self,
-        rate: float = 10.0,
-        burst: float = 10.0,
+        rate: float = 50.0,
+        burst: float = 100.0,
         slots: int = 1024,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:

@@ -64,6 +64,9 @@ MISSED_HEARTBEATS = 3
 RECEIVE_BATCH = 64
 #: Seconds between two "you are sending too fast" errors to one peer.
 RATE_WARNING_INTERVAL = 1.0
+#: Payload room in one DATA datagram, and its header.
+_ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+_DATA_HEADER = dg.HEADERS[dg.Kind.DATA]
 #: Frames that cost the other users something, and so count against ``rate_limit``.
 _RATE_LIMITED = (Say, Act, Private, Nick)
 
@@ -76,6 +79,7 @@ class UdpSession:
         "address",
         "bucket",
         "closing",
+        "control",
         "dirty",
         "ended",
         "last_heard",
@@ -99,6 +103,7 @@ class UdpSession:
         self.dirty = False
         self.needs_accept = True
         self.pong_nonce: int | None = None
+        self.control = True  # something besides frames is due (ACCEPT, PONG, BYE)
         self.closing: str | None = None
         self.ended = False
         self.welcome_name = ""
@@ -113,7 +118,20 @@ class UdpSession:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def deliver(self, out: Outbound) -> bool:
-        return self._server._enqueue(self, out)
+        # Runs once per member per broadcast, under the hub's lock: only an enqueue.
+        size = len(out.json)  # encoded once per frame, whatever the number of members
+        server = self._server
+        with server._outbox_lock:
+            if self.closing is not None:
+                return True
+            if self.queued_bytes + size > server.config.max_queue:
+                return False
+            self.pending.append(out)
+            self.queued_bytes += size
+            if not self.dirty:
+                self.dirty = True
+                server._dirty.append(self)
+        return True
 
     def close(self, reason: str) -> None:
         self._server._close_session(self, reason)
@@ -348,11 +366,13 @@ class UdpRelayServer:
         elif isinstance(datagram, dg.Ping):
             with self._outbox_lock:
                 session.pong_nonce = datagram.nonce
+                session.control = True
             self._mark_dirty(session)
         elif isinstance(datagram, dg.Hello):
             # The client did not get our ACCEPT and retried: send it again.
             with self._outbox_lock:
                 session.needs_accept = True
+                session.control = True
             self._mark_dirty(session)
         elif isinstance(datagram, dg.Bye):
             self.hub.leave(session, "quit")
@@ -396,20 +416,6 @@ class UdpRelayServer:
 
     # --- sending ----------------------------------------------------------------------
 
-    def _enqueue(self, session: UdpSession, out: Outbound) -> bool:
-        size = len(out.json)  # encoded once per frame, whatever the number of peers
-        with self._outbox_lock:
-            if session.closing is not None:
-                return True
-            if session.queued_bytes + size > self.config.max_queue:
-                return False
-            session.pending.append(out)
-            session.queued_bytes += size
-            if not session.dirty:
-                session.dirty = True
-                self._dirty.append(session)
-        return True
-
     def _mark_dirty(self, session: UdpSession) -> None:
         with self._outbox_lock:
             if not session.dirty:
@@ -420,68 +426,102 @@ class UdpRelayServer:
         with self._outbox_lock:
             if session.closing is None:
                 session.closing = reason
+                session.control = True
             if not session.dirty:
                 session.dirty = True
                 self._dirty.append(session)
 
     def _flush(self) -> None:
         """Send every session's outbox, in order, packed into as few datagrams as fit."""
+        sendto = self._sock.sendto
+        pack_header = _DATA_HEADER.pack
         with self._send_lock:
             with self._outbox_lock:
                 dirty, self._dirty = self._dirty, []
-                work = []
+                batches: list[tuple[UdpSession, list[Outbound]]] = []
                 for session in dirty:
-                    work.append(
-                        (session, session.pending, session.needs_accept, session.pong_nonce)
-                    )
+                    batches.append((session, session.pending))
                     session.pending = []
                     session.queued_bytes = 0
                     session.dirty = False
-                    session.needs_accept = False
-                    session.pong_nonce = None
-            for session, pending, needs_accept, pong_nonce in work:
-                if session.ended:
+            # The fan-out hot path: one small frame for a peer with nothing else due
+            # goes out with one pack and one sendto; counters are summed locally.
+            datagrams_out = bytes_out = units_out = 0
+            for session, pending in batches:
+                if session.control or len(pending) != 1 or len(pending[0].json) > _ROOM:
+                    sent, sent_bytes = self._flush_session(session, pending)
+                    datagrams_out += sent
+                    bytes_out += sent_bytes
+                    units_out += len(pending)
                     continue
-                address = session.address
-                if needs_accept:
-                    heartbeat_ms = int(self.heartbeat_interval * 1000)
-                    self._send_raw(dg.encode_accept(1, heartbeat_ms, session.welcome_name), address)
-                if pending:
-                    self._send_frames(session, pending)
-                if pong_nonce is not None:
-                    self._send_raw(dg.encode_pong(pong_nonce, session.next_seq), address)
-                if session.closing is not None:
-                    self._end_session(session)
+                seq = session.next_seq
+                session.next_seq = seq + 1
+                datagram = pack_header(dg.MAGIC, dg.DATAGRAM_VERSION, dg.Kind.DATA, seq, 0)
+                datagram += pending[0].json
+                try:
+                    sendto(datagram, session.address)
+                except OSError as exc:
+                    self._count_send_error(exc, session.address)
+                else:
+                    datagrams_out += 1
+                    bytes_out += len(datagram)
+                units_out += 1
+            counters = self.counters
+            counters["datagrams_out"] += datagrams_out
+            counters["bytes_out"] += bytes_out
+            counters["units_out"] += units_out
 
-    def _send_frames(self, session: UdpSession, pending: list[Outbound]) -> None:
-        if len(pending) == 1 and len(pending[0].json) <= MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES:
-            # The common case, one frame: skip the packer (this is the fan-out hot path).
-            datagrams = [dg.encode_data(session.next_seq, pending[0].json)]
-            session.next_seq += 1
-        else:
-            datagrams, session.next_seq = dg.pack_data(
-                session.next_seq, [out.json for out in pending]
-            )
-        self.counters["units_out"] += len(pending)
+    def _flush_session(self, session: UdpSession, pending: list[Outbound]) -> tuple[int, int]:
+        """The general case: ACCEPT, frames (batched or fragmented), PONG, BYE, in that
+        order. Called with the send lock held. Returns datagrams and bytes sent."""
+        if session.ended:
+            return 0, 0
+        with self._outbox_lock:
+            needs_accept, pong_nonce = session.needs_accept, session.pong_nonce
+            session.needs_accept, session.pong_nonce, session.control = False, None, False
+            closing = session.closing
+        datagrams: list[bytes] = []
+        if needs_accept:
+            heartbeat_ms = int(self.heartbeat_interval * 1000)
+            datagrams.append(dg.encode_accept(1, heartbeat_ms, session.welcome_name))
+        if pending:
+            packed, session.next_seq = dg.pack_data(session.next_seq, [o.json for o in pending])
+            datagrams += packed
+        if pong_nonce is not None:
+            datagrams.append(dg.encode_pong(pong_nonce, session.next_seq))
+        if closing is not None:
+            session.ended = True
+            datagrams.append(dg.encode_bye(closing))
+        sent = sent_bytes = 0
         for datagram in datagrams:
-            self._send_raw(datagram, session.address)
+            try:
+                self._sock.sendto(datagram, session.address)
+            except OSError as exc:
+                self._count_send_error(exc, session.address)
+            else:
+                sent += 1
+                sent_bytes += len(datagram)
+        if closing is not None:
+            self._forget(session)
+        return sent, sent_bytes
+
+    def _count_send_error(self, exc: OSError, address: Address) -> None:
+        if isinstance(exc, BlockingIOError):
+            self.counters["send_dropped"] += 1  # the peer will report it as lost
+        else:
+            self.counters["send_errors"] += 1
+            log.debug("sendto %s failed: %s", address, exc)
 
     def _send_raw(self, datagram: bytes, address: Address) -> None:
         try:
             self._sock.sendto(datagram, address)
-        except BlockingIOError:
-            self.counters["send_dropped"] += 1  # the peer will report it as lost
-            return
         except OSError as exc:
-            self.counters["send_errors"] += 1
-            log.debug("sendto %s failed: %s", address, exc)
+            self._count_send_error(exc, address)
             return
         self.counters["datagrams_out"] += 1
         self.counters["bytes_out"] += len(datagram)
 
-    def _end_session(self, session: UdpSession) -> None:
-        session.ended = True
-        self._send_raw(dg.encode_bye(session.closing or ""), session.address)
+    def _forget(self, session: UdpSession) -> None:
         with self._table_lock:
             if self._sessions.get(session.address) is session:
                 del self._sessions[session.address]
