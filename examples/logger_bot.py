@@ -37,28 +37,30 @@ def main() -> int:
     args = parser.parse_args()
 
     deadline = time.monotonic() + args.duration if args.duration else None
-    try:
-        client = Client.connect(args.name, args.host, args.port)
-    except NetchatError as exc:
-        print(f"logger_bot: {start_failure_message(exc)}", file=sys.stderr)
-        return 1
-    with client, _open_output(args.output) as out:
-        print(f"logger_bot: joined as {client.name}", file=sys.stderr, flush=True)
-        seen = 0
-        while args.max_events == 0 or seen < args.max_events:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            try:
-                frame = client.next_event(timeout=0.5)
-            except ConnectionClosed as exc:
-                print(f"logger_bot: {exc}", file=sys.stderr)
-                return 1
-            if frame is None:
-                continue
-            seen += 1
-            for line in render_lines(frame):
-                out.write(line + "\n")
-            out.flush()  # a transcript someone tails must be current
+    # The output is opened first, so a bad path fails before the bot joins.
+    with _open_output(args.output) as out:
+        try:
+            client = Client.connect(args.name, args.host, args.port)
+        except NetchatError as exc:
+            print(f"logger_bot: {start_failure_message(exc)}", file=sys.stderr)
+            return 1
+        with client:
+            print(f"logger_bot: joined as {client.name}", file=sys.stderr, flush=True)
+            seen = 0
+            while args.max_events == 0 or seen < args.max_events:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                try:
+                    frame = client.next_event(timeout=0.5)
+                except ConnectionClosed as exc:
+                    print(f"logger_bot: {exc}", file=sys.stderr)
+                    return 1
+                if frame is None:
+                    continue
+                seen += 1
+                for line in render_lines(frame):
+                    out.write(line + "\n")
+                out.flush()  # a transcript someone tails must be current
     return 0
 
 

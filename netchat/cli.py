@@ -37,7 +37,7 @@ class GlobalOptions:
     """What the callback saw before the command."""
 
     proto: Proto = Proto.tcp
-    log_level: str = "WARNING"
+    log_level: str | None = None
 
 
 def _version(value: bool) -> None:
@@ -75,9 +75,13 @@ def main_options(
         Proto, typer.Option("--proto", help="Transport for the command that follows.")
     ] = Proto.tcp,
     log_level: Annotated[
-        str,
-        typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.", callback=_check_log_level),
-    ] = "WARNING",
+        str | None,
+        typer.Option(
+            "--log-level",
+            help="DEBUG, INFO, WARNING, ERROR (default: INFO for the server, else WARNING).",
+            callback=_check_log_level,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -144,7 +148,8 @@ def server(
 
     options = _globals(ctx)
     chosen = proto or options.proto
-    _setup_logging(log_level or ("INFO" if options.log_level == "WARNING" else options.log_level))
+    # A server operator wants to see joins and leaves; a chat user does not.
+    _setup_logging(log_level or options.log_level or "INFO")
     config = ServerConfig(
         host=host,
         port=port,
@@ -160,7 +165,8 @@ def server(
     try:
         chat_server = Server(config, chosen, event_log=event_log)
     except OSError as exc:
-        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        # os.strerror, not exc.strerror: socket.create_server appends the address to it.
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise _fail(f"cannot serve {chosen.value} on {host}:{port}: {reason}") from None
     bound_host, bound_port = chat_server.address
     typer.echo(
@@ -189,7 +195,7 @@ def client(
     from .console import color_allowed, run_console
 
     options = _globals(ctx)
-    _setup_logging(options.log_level)
+    _setup_logging(options.log_level or "WARNING")
     name = _require_name(name, plain)
     endpoint = Client(name, host, port, proto or options.proto, reconnect=reconnect)
     raise typer.Exit(run_console(endpoint, plain=plain, color=color_allowed(no_color)))
@@ -222,7 +228,7 @@ def peer(
     except ImportError:
         raise _fail("peer mode is not available in this build (netchat.peer is missing)") from None
 
-    _setup_logging(_globals(ctx).log_level)
+    _setup_logging(_globals(ctx).log_level or "WARNING")
     name = _require_name(name, plain)
     endpoint: ChatEndpoint = peer_module.Peer(
         name, group=group, port=port, interface=interface, broadcast=broadcast, ttl=ttl

@@ -372,6 +372,7 @@ class Client:
                 frame = transport.receive()
             except ConnectionClosed as exc:
                 reason = self._closed_reason(exc)
+                transport.close()  # release the old socket before a rejoin makes a new one
                 if reason is not None and self.reconnect and self._rejoin(reason):
                     continue
                 break
@@ -450,6 +451,8 @@ class Client:
         return False
 
     def _finish(self, reason: str | None) -> None:
+        if self._quitting:
+            reason = None  # closed on purpose (perhaps while reconnecting): no failure
         transport = self._transport
         if transport is not None:
             transport.close()

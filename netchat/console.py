@@ -16,8 +16,9 @@ Two modes, chosen by :func:`run_console`:
   is highlighted and rings the bell. ``NO_COLOR`` (any non-empty value) or
   ``--no-color`` disables colour. ``/quit``, Ctrl-D and Ctrl-C leave.
 
-Exit codes: 0 after ``/quit``, Ctrl-D or end of input; 1, with one line on stderr,
-when the endpoint cannot start (refused, name taken, …) or the server goes away.
+Exit codes: 0 after ``/quit``, Ctrl-D, Ctrl-C or end of input; 1, with one line on
+stderr, when the endpoint cannot start (refused, name taken, …) or the server goes
+away.
 
 prompt_toolkit is imported only by interactive mode, so pipe mode starts fast.
 """
@@ -98,12 +99,14 @@ def run_console(
     else:
         console = _PipeConsole(endpoint, out, err, fd)
     try:
-        endpoint.start(console.on_event, console.on_closed)
-    except NetchatError as exc:
-        print(f"netchat: {start_failure_message(exc)}", file=err, flush=True)
-        return 1
-    try:
+        try:
+            endpoint.start(console.on_event, console.on_closed)
+        except NetchatError as exc:
+            print(f"netchat: {start_failure_message(exc)}", file=err, flush=True)
+            return 1
         reason = console.run()
+    except KeyboardInterrupt:
+        reason = None  # Ctrl-C is a way to leave, not a failure
     finally:
         endpoint.close()
     if reason is not None:

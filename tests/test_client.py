@@ -484,3 +484,18 @@ def test_package_exports() -> None:
     assert netchat.Server is Server
     for name in ("Rejected", "ConnectError", "Message", "Welcome", "ServerConfig", "Proto"):
         assert name in netchat.__all__
+
+
+def test_close_while_reconnecting_ends_with_none(make_server: ServerFactory) -> None:
+    server = make_server()
+    recorder = Recorder()
+    alice = Client("alice", *server.address, reconnect=True, backoff=30.0)
+    alice.start(recorder.on_event, recorder.on_closed)
+    server.shutdown("restart")
+    deadline = time.monotonic() + WAIT
+    while not any(isinstance(f, Info) and "reconnecting" in f.text for f in list(recorder.events)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    alice.close()  # interrupts the 15-30 s backoff at once
+    assert alice.wait(WAIT)
+    assert recorder.closed == [None]

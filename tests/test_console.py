@@ -244,6 +244,16 @@ def test_bad_command_goes_to_stderr_and_the_session_goes_on(
     assert alice.wait() == 0
 
 
+def test_ctrl_c_leaves_cleanly(procs: Callable[..., Proc], server_proc: tuple[Proc, int]) -> None:
+    _, port = server_proc
+    watcher = client_proc(procs, "watcher", port)
+    alice = client_proc(procs, "alice", port)
+    watcher.expect(r"^\* alice joined$")
+    alice.popen.send_signal(signal.SIGINT)
+    assert alice.wait() == 0
+    watcher.expect(r"^\* alice left$")  # it said goodbye rather than vanishing
+
+
 def test_name_taken_exits_1_with_suggestion(
     procs: Callable[..., Proc], server_proc: tuple[Proc, int]
 ) -> None:
