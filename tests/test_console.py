@@ -477,3 +477,18 @@ def test_terminal_text_is_sanitised() -> None:
     fragments, _ = format_event(Message("eve", "a\x1b[2Jb\u202ec", 0.0, 1), "bob", color=True)
     text = "".join(text for _, text, *_ in fragments)
     assert "\x1b" not in text and "\u202e" not in text and "abc" in text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_interactive_asks_for_a_missing_name(make_server: ServerFactory) -> None:
+    server = make_server()
+    env = netchat_env(TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", USER="")
+    terminal = Terminal(["client", "--port", str(server.address[1])], env)
+    try:
+        asked_at = terminal.read_until(rb"Your name")
+        terminal.type(b"zoe\r")
+        terminal.read_until(rb"Welcome, zoe!", asked_at)
+        assert server.hub.names() == ("zoe",)
+        assert terminal.leave_with_ctrl_d() == 0
+    finally:
+        terminal.close()
