@@ -26,6 +26,7 @@ prompt_toolkit is imported only by interactive mode, so pipe mode starts fast.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import re
@@ -33,6 +34,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
 from .errors import CommandError, ConnectError, NetchatError, Rejected, TransportError
@@ -287,6 +289,27 @@ def format_event(frame: Frame, me: str, color: bool) -> tuple[StyleAndTextTuples
     return fragments, False
 
 
+@contextlib.contextmanager
+def _logging_to(old: TextIO, new: TextIO) -> Iterator[None]:
+    """Point the root logger's handlers that write to ``old`` at ``new`` meanwhile.
+
+    Handlers keep the stream they were created with, so patch_stdout's proxy alone
+    would not catch log records: they would be written across the input line.
+    """
+    moved = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old
+    ]
+    for handler in moved:
+        handler.setStream(new)
+    try:
+        yield
+    finally:
+        for handler in moved:
+            handler.setStream(old)
+
+
 class _TerminalConsole:
     """A prompt_toolkit prompt with the chat printed above it."""
 
@@ -323,8 +346,9 @@ class _TerminalConsole:
     def run(self) -> str | None:
         from prompt_toolkit.patch_stdout import patch_stdout
 
+        real_stderr = sys.stderr
         # patch_stdout keeps stray prints and log records from tearing the prompt.
-        with patch_stdout(raw=True):
+        with patch_stdout(raw=True), _logging_to(real_stderr, sys.stderr):
             while not self._ended.is_set():
                 try:
                     line = self.session.prompt(self._prompt_text)
