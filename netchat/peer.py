@@ -32,7 +32,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -67,6 +66,7 @@ from .protocol.frames import (
 from .protocol.limits import MAX_DATAGRAM_BYTES, MAX_TEXT_CHARS
 from .protocol.text import name_candidates, name_key, name_problem, sanitize_text
 from .transport.base import ClosedHandler, EventHandler
+from .transport.waiting import wait_readable
 
 log = logging.getLogger("netchat.peer")
 
@@ -383,7 +383,7 @@ class Peer:
         assert sock is not None
         try:
             while not self._stop.is_set():
-                readable, _, _ = select.select([sock], [], [], self._wait_time())
+                readable = wait_readable([sock], self._wait_time())
                 if readable:
                     self._drain(sock)
                 self._tick(self._clock())

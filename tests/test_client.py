@@ -499,3 +499,12 @@ def test_close_while_reconnecting_ends_with_none(make_server: ServerFactory) -> 
     alice.close()  # interrupts the 15-30 s backoff at once
     assert alice.wait(WAIT)
     assert recorder.closed == [None]
+
+
+def test_a_full_server_refuses_with_its_reason(make_server: ServerFactory) -> None:
+    server = make_server(max_clients=1)
+    with Client.connect("first", *server.address):
+        with pytest.raises(Rejected) as refused:
+            Client.connect("second", *server.address)
+    assert refused.value.code == "refused"
+    assert "server full (at most 1 connections)" in str(refused.value)

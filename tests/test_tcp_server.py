@@ -277,7 +277,7 @@ def test_max_clients_and_per_address_caps_refuse_with_a_reason(make_server: Serv
     full = make_server(max_clients=2).address
     members = [plain_client(full, "one"), plain_client(full, "two")]
     third = LineClient(full)
-    third.expect(r"^! server full \(2 connections\)")
+    third.expect(r"^! server full \(at most 2 connections\)")
     assert third.wait_closed()
 
     capped = make_server(max_per_address=1).address

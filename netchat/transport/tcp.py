@@ -417,7 +417,7 @@ class TcpServer:
         refusal = None
         with self._lock:
             if len(self._connections) >= self.config.max_clients:
-                refusal = f"server full ({self.config.max_clients} connections); try again later"
+                refusal = f"server full (at most {self.config.max_clients} connections); try again later"
             elif 0 < self.config.max_per_address <= self._per_address[address[0]]:
                 refusal = f"too many connections from {address[0]} (at most {self.config.max_per_address})"
             else:

@@ -4,7 +4,7 @@ Strategy
 --------
 The socket stays in blocking mode, so ``sendall`` blocks while the server pauses
 reading (that is how TCP rate limiting pushes back: nothing is ever dropped), and
-:meth:`TcpClientTransport.receive` waits for readability with ``select`` instead of
+:meth:`TcpClientTransport.receive` waits for readability with ``poll`` instead of
 a socket timeout: a timeout set on the socket would also apply to a ``sendall``
 running on another thread.
 
@@ -19,7 +19,6 @@ frame is a protocol error the caller hears about.
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import threading
 import time
@@ -28,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from ..errors import (
     ConnectError,
     ConnectionClosed,
+    Rejected,
     RemoteProtocolError,
     TransportError,
     TransportTimeout,
@@ -35,6 +35,8 @@ from ..errors import (
 from ..protocol.frames import Frame, decode_frame, encode_frame
 from ..protocol.limits import MAX_FRAME_BYTES
 from ..protocol.stream import LineReader
+from ..protocol.text import sanitize_text
+from .waiting import wait_readable
 
 _RECV_BYTES = 65536
 
@@ -101,12 +103,13 @@ class TcpClientTransport:
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         # Guards _closed/_receiving: close() must not free the descriptor while
-        # receive() may still select() on it (the number could be reused meanwhile),
+        # receive() may still poll() on it (the number could be reused meanwhile),
         # so whichever of the two runs last closes the socket.
         self._state_lock = threading.Lock()
         self._closed = False
         self._receiving = False
         self._seen_frame = False
+        self._refusal = ""  # a "! reason" text line the server sent before any frame
         self._counters = {
             "frames_in": 0,
             "frames_out": 0,
@@ -186,7 +189,7 @@ class TcpClientTransport:
                 return
             self._closed = True
             if self._sock is not None:
-                # shutdown wakes a select()/recv()/sendall() blocked on other threads.
+                # shutdown wakes a poll()/recv()/sendall() blocked on other threads.
                 with contextlib.suppress(OSError):
                     self._sock.shutdown(socket.SHUT_RDWR)
             if not self._receiving:
@@ -217,6 +220,10 @@ class TcpClientTransport:
                 if self._seen_frame:
                     raise
                 self._counters["lines_skipped"] += 1  # the greeting meant for nc users
+                if line.startswith(b"! "):
+                    # A refusal (server full, too many connections) is sent as text,
+                    # before the server knows which kind of client we are.
+                    self._refusal = line[2:].decode("utf-8", "replace").strip()
                 continue
             self._seen_frame = True
             self._counters["frames_in"] += 1
@@ -230,13 +237,15 @@ class TcpClientTransport:
             {TimeoutError: TransportTimeout, OSError: ConnectionClosed}, "connection lost"
         ):
             try:
-                readable, _, _ = select.select([sock], [], [], timeout)
+                readable = wait_readable([sock], timeout)
             except ValueError:  # the socket was closed under us: fileno() is -1
                 raise ConnectionClosed("connection closed") from None
             if not readable:
                 return False
             data = sock.recv(_RECV_BYTES)
         if not data:
+            if self._refusal and not self._seen_frame:
+                raise Rejected(sanitize_text(self._refusal), code="refused")
             raise ConnectionClosed(
                 "connection closed" if self._closed else "server closed the connection"
             )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
-import select
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from ..protocol import datagram as dg
 from ..protocol.frames import Error, Frame, Hello, Info, Quit, Welcome, decode_frame, encode_frame
 from ..protocol.limits import MAX_DATAGRAM_BYTES
 from .tcp_client import describe_os_error, format_address
+from .waiting import wait_readable
 
 #: Intervals without a word from the server after which it is declared dead.
 MISSED_HEARTBEATS = 3
@@ -150,7 +150,7 @@ class UdpClientTransport:
             try:
                 sock.send(dg.encode_hello(dg.NO_COOKIE))
                 self._counters["sent"] += 1
-                readable, _, _ = select.select([sock], [], [], min(RETRY_INTERVAL, remaining))
+                readable = wait_readable([sock], min(RETRY_INTERVAL, remaining))
                 if not readable:
                     continue
                 data = sock.recv(MAX_DATAGRAM_BYTES + 1)
@@ -289,7 +289,7 @@ class UdpClientTransport:
         assert sock is not None
         try:
             while not self._ended and not self._closed.is_set():
-                readable, _, _ = select.select([sock], [], [], self._wait_time())
+                readable = wait_readable([sock], self._wait_time())
                 if readable:
                     self._drain(sock)
                 self._tick(self._clock())

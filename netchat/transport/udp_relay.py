@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import threading
 import time
@@ -51,6 +50,7 @@ from ..protocol.frames import (
 from ..protocol.limits import MAX_DATAGRAM_BYTES
 from ..protocol.ratelimit import TokenBucket
 from .base import ServerConfig
+from .waiting import wait_readable
 
 log = logging.getLogger("netchat.udp")
 
@@ -248,7 +248,7 @@ class UdpRelayServer:
 
     def _receive_batch(self) -> None:
         try:
-            readable, _, _ = select.select([self._sock, self._wake_r], [], [], 1.0)
+            readable = wait_readable([self._sock, self._wake_r], 1.0)
         except (OSError, ValueError):
             self._stopping.set()
             return
