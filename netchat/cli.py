@@ -8,7 +8,6 @@ after it (``netchat server --proto udp``); the one after the command wins.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -221,16 +220,11 @@ def peer(
 ) -> None:
     """Chat without a server: every peer on the LAN multicasts to the others (UDP)."""
     from .console import color_allowed, run_console
-
-    try:
-        # By name, so this module works (and type-checks) without the UDP peer.
-        peer_module = importlib.import_module("netchat.peer")
-    except ImportError:
-        raise _fail("peer mode is not available in this build (netchat.peer is missing)") from None
+    from .peer import Peer
 
     _setup_logging(_globals(ctx).log_level or "WARNING")
     name = _require_name(name, plain)
-    endpoint: ChatEndpoint = peer_module.Peer(
+    endpoint: ChatEndpoint = Peer(
         name, group=group, port=port, interface=interface, broadcast=broadcast, ttl=ttl
     )
     raise typer.Exit(run_console(endpoint, plain=plain, color=color_allowed(no_color)))

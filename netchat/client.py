@@ -19,13 +19,11 @@ are queued for :meth:`Client.next_event`.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import queue
 import random
 import threading
 import time
-import typing
 from types import TracebackType
 
 from .errors import (
@@ -75,21 +73,11 @@ _FATAL_REJECTIONS = frozenset({"bad-name"})
 def make_client_transport(
     proto: Proto, host: str, port: int, *, connect_timeout: float = 10.0
 ) -> ClientTransport:
-    """A transport for ``proto``, not yet connected.
-
-    Raises:
-        NetchatError: the UDP client transport is not installed.
-    """
+    """A transport for ``proto``, not yet connected."""
     if Proto(proto) is Proto.udp:
-        # Imported by name so that this module works (and type-checks) before the UDP
-        # transport exists.
-        try:
-            module = importlib.import_module("netchat.transport.udp_client")
-        except ImportError as exc:
-            raise NetchatError(
-                "the UDP client transport (netchat.transport.udp_client) is not available"
-            ) from exc
-        return typing.cast(ClientTransport, module.UdpClientTransport(host, port))
+        from .transport.udp_client import UdpClientTransport
+
+        return UdpClientTransport(host, port)
     from .transport.tcp_client import TcpClientTransport
 
     return TcpClientTransport(host, port, connect_timeout=connect_timeout)

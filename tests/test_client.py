@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import threading
 import time
@@ -32,6 +31,7 @@ from netchat import (
 from netchat.client import make_client_transport
 from netchat.server import Server
 from netchat.transport.tcp_client import TcpClientTransport
+from netchat.transport.udp_client import UdpClientTransport
 
 WAIT = 10.0  # generous; a passing wait returns as soon as its event arrives
 
@@ -470,13 +470,10 @@ def test_transport_ipv6_loopback() -> None:
         transport.close()
 
 
-def test_udp_transport_factory() -> None:
-    if importlib.util.find_spec("netchat.transport.udp_client") is None:
-        with pytest.raises(NetchatError, match="UDP client transport"):
-            make_client_transport(Proto.udp, "127.0.0.1", 9)
-    else:
-        transport = make_client_transport(Proto.udp, "127.0.0.1", 9)
-        assert hasattr(transport, "receive")
+def test_transport_factory_follows_proto() -> None:
+    udp = make_client_transport(Proto.udp, "127.0.0.1", 9)  # made, never connected
+    assert isinstance(udp, UdpClientTransport)
+    assert isinstance(make_client_transport(Proto.tcp, "127.0.0.1", 9), TcpClientTransport)
 
 
 def test_package_exports() -> None:
@@ -503,8 +500,7 @@ def test_close_while_reconnecting_ends_with_none(make_server: ServerFactory) -> 
 
 def test_a_full_server_refuses_with_its_reason(make_server: ServerFactory) -> None:
     server = make_server(max_clients=1)
-    with Client.connect("first", *server.address):
-        with pytest.raises(Rejected) as refused:
-            Client.connect("second", *server.address)
+    with Client.connect("first", *server.address), pytest.raises(Rejected) as refused:
+        Client.connect("second", *server.address)
     assert refused.value.code == "refused"
     assert "server full (at most 1 connections)" in str(refused.value)
