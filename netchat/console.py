@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
-from .errors import CommandError, ConnectError, NetchatError, Rejected, TransportError
+from .errors import CommandError, ConnectError, NetchatError, TransportError
 from .protocol.commands import split_command
 from .protocol.frames import Frame, Message, PrivateMessage
 from .protocol.render import clock, render_lines
@@ -65,8 +65,6 @@ def start_failure_message(exc: NetchatError) -> str:
     text = sanitize_text(str(exc))
     if isinstance(exc, ConnectError) and isinstance(exc.__cause__, ConnectionRefusedError):
         return f"{text} — is the server running? start one with: netchat server"
-    if isinstance(exc, Rejected) and exc.code == "server-full":
-        return f"{text} (the server is full; try again later)"
     return text
 
 
