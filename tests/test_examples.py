@@ -106,6 +106,8 @@ def test_logger_bot_writes_every_message(
         wait_for(alice, lambda f: isinstance(f, Joined) and f.name == "logger")
         with Client.connect("bob", *server.address) as bob:
             alice.say("first line")
+            # Two connections have no order between them: let alice's line land first.
+            wait_for(alice, lambda f: isinstance(f, Message) and f.text == "first line")
             bob.say("второй 🙂")
             bob.send_line("/me waves")
             wait_for(alice, lambda f: isinstance(f, Message) and f.action)
@@ -117,7 +119,7 @@ def test_logger_bot_writes_every_message(
             time.sleep(0.02)
     lines = text.splitlines()
     assert lines[0].startswith("* Welcome, logger!")
-    assert any(line.endswith("<alice> first line") for line in lines)
+    assert any(line.endswith("<alice> first line") for line in lines), text
     assert any(line.endswith("<bob> второй 🙂") for line in lines)
     assert any(line.endswith("* bob waves") for line in lines)
     bot.kill()
