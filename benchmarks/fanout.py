@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing
+import os
 import re
 import resource
 import selectors
@@ -41,7 +43,11 @@ HERE = Path(__file__).resolve().parent
 TARGETS = ("netchat", "ncat", "select")
 SETUP_S = 120.0  # bound on connecting all clients
 BARRIER_S = 30.0  # bound on the SYNC readiness barrier
-PAYLOAD = re.compile(rb"BENCH (\d+) (\d+) (\d+)")
+WINDOW = 8  # connections allowed to wait for the server's accept() at once
+# The lookahead rejects a line cut short after the timestamp digits: ncat --chat
+# prefixes every read() chunk, not every line, so a line split across two TCP reads
+# arrives as "BENCH 3 12 1234<user5> 5678" and must count as mangled, not delivered.
+PAYLOAD = re.compile(rb"BENCH (\d+) (\d+) (\d+)(?=[ \r\n])")
 CTX = multiprocessing.get_context("fork")  # children inherit sockets and rlimits
 
 
@@ -57,7 +63,7 @@ class Workload:
     size: int
     rate: float  # messages/s per sender; 0 means as fast as possible
     timeout: float  # how long to wait for deliveries after the last send
-    echo: bool  # does the server send a line back to its own sender?
+    echo: bool = True  # does the server send a line back to its own sender?
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Result:
     max_ms: float = 0.0
     wall_s: float = 0.0  # first send -> last delivery (or give-up)
     setup_s: float = 0.0  # connect + barrier
+    receiver_cpu_s: float = 0.0  # harness receive loop's own CPU while measuring
     error: str = ""
 
     @property
@@ -106,6 +113,7 @@ class Receiver:
         self.bufs: list[bytes] = [b""] * w.clients
         self.synced = [False] * w.clients
         self.n_synced = 0
+        self.unseen: set[int] = set()  # connected, but no byte from the server yet
         self.last = [-1] * (w.clients * w.senders)  # last msg_no per (receiver, sender)
         self.latencies: list[int] = []
         self.res = Result("", w.clients, out_of_order=[0] * w.senders)
@@ -121,13 +129,24 @@ class Receiver:
         return sock
 
     def connect_all(self) -> None:
+        """Connect every client, never more than WINDOW ahead of the server's accept().
+
+        A connection counts as accepted once any byte (greeting, announce) arrives on
+        it. Without this window a fast connect loop overflows a small listen backlog
+        (ncat uses 10): SYNs get dropped and each retry costs 1 s, then 3 s, ...
+        """
         deadline = time.monotonic() + SETUP_S
         for rid in range(self.w.clients):
-            self.socks.append(self.connect(f"b{rid:04d}", rid))
-            if rid % 32 == 31:  # drain join notices so no server blocks writing to us
-                self.pump(0)
+            stall = time.monotonic() + 2.0
+            while len(self.unseen) >= WINDOW and time.monotonic() < stall:
+                self.pump(0.02)  # also drains join notices so no server blocks on us
+            if len(self.unseen) >= WINDOW:
+                self.unseen.clear()  # a server that greets nobody: stop pacing on it
             if time.monotonic() > deadline:
-                raise BenchError(f"only {rid + 1} clients connected in {SETUP_S:.0f} s")
+                raise BenchError(f"only {rid} clients connected in {SETUP_S:.0f} s")
+            self.socks.append(self.connect(f"b{rid:04d}", rid))
+            self.unseen.add(rid)
+            self.pump(0)
 
     def barrier(self) -> None:
         """Send SYNC lines until every client has seen one: the server is fully joined."""
@@ -179,6 +198,7 @@ class Receiver:
             self.sel.unregister(sock)
             self.res.disconnects += 1
         elif rid >= 0:
+            self.unseen.discard(rid)
             self.handle(rid, data, now)
 
     def handle(self, rid: int, data: bytes, now: int) -> None:
@@ -218,12 +238,15 @@ class Receiver:
         planned = self.w.senders * self.w.messages * per_msg
         send_budget = self.w.messages / self.w.rate if self.w.rate else self.w.timeout
         hard_deadline = time.monotonic() + send_budget + 2 * self.w.timeout + 10
-        done_at = math.inf
+        done_at, cpu0 = math.inf, time.process_time()
         proc.start()
         try:
             writer.close()
             self.sel.register(reader, selectors.EVENT_READ, None)
-            while self.res.received < planned and time.monotonic() < min(done_at, hard_deadline):
+            while time.monotonic() < min(done_at, hard_deadline):
+                # Also wait for the sender's report: the last lines can beat it here.
+                if self.res.received >= planned and self.send_report is not None:
+                    break
                 self.pump(0.1)
                 if self.send_report is not None and done_at == math.inf:
                     done_at = time.monotonic() + self.w.timeout
@@ -232,6 +255,7 @@ class Receiver:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+        self.res.receiver_cpu_s = time.process_time() - cpu0
         if self.send_report is None:
             raise BenchError("sender process never reported (hard deadline hit)")
         sent, t0, _t_end, err = self.send_report
@@ -301,14 +325,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+def log_tail(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()[-5:]
+    return " / ".join(lines) or "(empty)"
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise BenchError(f"server exited with {proc.returncode}: {tail.strip()}")
+            raise BenchError(f"server exited with {proc.returncode} before accepting")
         try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
+            with socket.create_connection((HOST, port), timeout=0.5) as probe:
+                # Wait for the greeting before closing: ncat 7.93 quits altogether when
+                # a connection is gone by the time it accepts it (getpeername fails).
+                probe.settimeout(1.0)
+                with contextlib.suppress(OSError):
+                    probe.recv(4096)
             return
         except OSError:
             time.sleep(0.1)
@@ -318,28 +351,35 @@ def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
 def run_target(target: str, w: Workload, logdir: Path) -> Result:
     port, log = free_port(), logdir / f"{target}.log"
     with log.open("wb") as logf:
-        proc = subprocess.Popen(
-            server_command(target, port),
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            cwd=HERE.parent,
-        )
+        cmd = server_command(target, port)
+        try:
+            # cwd: `python -m netchat` then runs this checkout, installed or not.
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd=HERE.parent
+            )
+        except OSError as exc:  # e.g. ncat not installed: a row saying so, not a crash
+            return Result(target, w.clients, error=f"cannot start {cmd[0]}: {exc}")
     try:
-        wait_listening(proc, port, log)
+        wait_listening(proc, port)
         res = run_clients(target, port, w)
         if proc.poll() is not None:
             res.error += f" server exited with {proc.returncode} during the run"
-        return res
     except BenchError as exc:
-        return Result(target, w.clients, error=str(exc))
+        res = Result(target, w.clients, error=str(exc))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
+    if res.error:  # the server's own words are usually the best clue
+        res.error += " | server log tail: " + log_tail(log)
+    return res
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def run_clients(target: str, port: int, w: Workload) -> Result:
@@ -362,38 +402,18 @@ def run_clients(target: str, port: int, w: Workload) -> Result:
             proc.join(5)
 
 
-ROW_HEADERS = (
-    "target",
-    "clients",
-    "sent",
-    "expected",
-    "received",
-    "delivered %",
-    "out-of-order (total/worst sender)",
-    "deliveries/s",
-    "p50 ms",
-    "p99 ms",
-    "max ms",
-    "wall s",
-)
+ROW_HEADERS = ["target", "clients", "sent", "expected", "received", "delivered %"]
+ROW_HEADERS += ["out-of-order (total/worst sender)", "deliveries/s", "p50 ms", "p99 ms"]
+ROW_HEADERS += ["max ms", "wall s"]
 
 
 def row(r: Result) -> list[str]:
+    if not r.sent:  # nothing was measured: the error printed under the table says why
+        return [r.target, str(r.clients), *["-"] * (len(ROW_HEADERS) - 2)]
     ooo = f"{sum(r.out_of_order)}/{max(r.out_of_order, default=0)}"
-    return [
-        r.target,
-        str(r.clients),
-        str(r.sent),
-        str(r.expected),
-        str(r.received),
-        f"{r.delivered_pct:.2f}",
-        ooo,
-        f"{r.deliveries_per_s:,.0f}",
-        f"{r.p50_ms:.1f}",
-        f"{r.p99_ms:.1f}",
-        f"{r.max_ms:.1f}",
-        f"{r.wall_s:.2f}",
-    ]
+    counts = f"{r.clients} {r.sent} {r.expected} {r.received} {r.delivered_pct:.2f} {ooo}"
+    rates = f"{r.deliveries_per_s:,.0f} {r.p50_ms:.1f} {r.p99_ms:.1f} {r.max_ms:.1f} {r.wall_s:.2f}"
+    return [r.target, *counts.split(), *rates.split()]
 
 
 def print_table(results: list[Result], title: str) -> None:
@@ -415,6 +435,9 @@ def print_table(results: list[Result], title: str) -> None:
     for r in results:
         if r.error:
             print(f"{r.target}: {r.error}")
+        if r.malformed or r.duplicates or r.disconnects:
+            print(f"{r.target}: {r.malformed} mangled payload lines (not counted), "
+                  f"{r.duplicates} duplicates, {r.disconnects} clients disconnected")  # fmt: skip
     print(
         "expected = sent x clients (sender gets its own line back); for ncat, "
         "sent x (clients - 1): ncat --chat does not echo to the sender."
@@ -455,17 +478,10 @@ def main() -> None:
     raise_nofile()
     check_clock()
     results: list[Result] = []
+    base = Workload(args.clients, args.senders, args.messages, args.size, args.rate, args.timeout)
     with TemporaryDirectory(prefix="fanout-") as tmp:
         for target in args.targets.split(","):
-            w = Workload(
-                args.clients,
-                args.senders,
-                args.messages,
-                args.size,
-                args.rate,
-                args.timeout,
-                echo=target != "ncat",
-            )
+            w = dataclasses.replace(base, echo=target != "ncat")
             print(f"running {target} ...", file=sys.stderr)
             results.append(run_target(target, w, Path(tmp)))
     title = (
@@ -478,6 +494,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "argv": sys.argv,
             "python": sys.version,
+            "cpus": os.cpu_count(),
             "results": [asdict(r) | {"delivered_pct": r.delivered_pct} for r in results],
         }
         args.json.write_text(json.dumps(doc, indent=2))

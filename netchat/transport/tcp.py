@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import selectors
@@ -52,6 +53,21 @@ Mode = Literal["unknown", "plain", "structured"]
 _RECV_BYTES = 65536
 _SHUTDOWN_GRACE = 3.0  # seconds the writers get to flush goodbyes on shutdown
 _MISSED_PINGS_ALLOWED = 2  # dropped on the third silent interval
+# Lines a reader handles between flushes: one flush carries many messages to each
+# member, yet a huge burst cannot pile up past a member's max_queue before it leaves.
+_FLUSH_EVERY = 64
+
+# Set on reader threads: the connections their deliveries queued bytes for. A reader
+# flushes them before it blocks (see TcpConnection.flush); other threads (shutdown,
+# the hub called from elsewhere) wake the writer thread instead.
+_reader_thread = threading.local()
+
+
+def _flush_pending() -> None:
+    pending: dict[TcpConnection, None] = _reader_thread.pending_flush
+    for connection in pending:
+        connection.flush()
+    pending.clear()
 
 
 def _greeting(config: ServerConfig) -> bytes:
@@ -77,9 +93,12 @@ class TcpConnection:
         self._closing = False
         self._overflowed = False
         self._aborted = False
-        self._writer_busy = False  # the writer holds bytes taken from _outbound
-        # A non-blocking twin of the socket for the fast path of send_bytes: the main
-        # socket has a timeout, and CPython polls (and may wait) before such a send.
+        self._max_queue = server.config.max_queue
+        # True while one thread (a flushing reader or the writer) sends bytes taken
+        # from _outbound; only one may, or the byte order would break.
+        self._sending = False
+        # A non-blocking twin of the socket for flush(): the main socket has a
+        # timeout, and CPython polls (and may wait) before sending on such a socket.
         self._direct = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
         self._direct.setblocking(False)
         self.reader = threading.Thread(
@@ -112,30 +131,60 @@ class TcpConnection:
         self.reader.start()
 
     def send_bytes(self, data: bytes) -> bool:
-        """Send or queue ``data`` without blocking; False if it would pass ``max_queue``."""
+        """Queue ``data`` without blocking; False if that would pass ``max_queue``.
+
+        On a reader thread the connection is only marked for the reader's next flush
+        (see :meth:`flush`); on any other thread the writer thread is woken.
+        """
         with self._cond:
             if self._closing:
                 return True  # late deliveries to a closing connection are moot
-            if not self._outbound and not self._writer_busy:
-                # Fast path: nothing is pending, so writing now keeps the order, and a
-                # non-blocking send into the kernel buffer is cheaper than waking the
-                # writer thread. With a thousand members that is a thousand thread
-                # switches saved per broadcast. A full buffer falls back to the queue.
-                try:
-                    data = data[self._direct.send(data) :]
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    return True  # the connection is dead; its reader will clean up
-                if not data:
-                    return True
-            if self._queued + len(data) > self.server.config.max_queue:
+            queued = self._queued + len(data)
+            if queued > self._max_queue:
                 self._overflowed = True
                 return False
             self._outbound.append(data)
-            self._queued += len(data)
-            self._cond.notify()
+            self._queued = queued
+            if self._sending:
+                return True  # whoever is sending checks for more before it stops
+            pending_flush = getattr(_reader_thread, "pending_flush", None)
+            if pending_flush is None:
+                self._cond.notify()
+                return True
+        pending_flush[self] = None
         return True
+
+    def flush(self) -> None:
+        """Send what is queued with non-blocking sends on the calling thread.
+
+        Readers call this after a batch of input instead of waking writer threads:
+        with a thousand members, waking a thousand writers per message costs more
+        than all the sending, and a batch of messages to one member leaves in one
+        send. When the kernel buffer is full the rest is handed to the writer thread,
+        which may block; this method never does.
+        """
+        with self._cond:
+            if self._sending or not self._outbound or self._closing:
+                return  # someone else is sending, or the writer finishes up
+            chunks, self._outbound = self._outbound, []
+            self._sending = True
+        while True:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            try:
+                sent = self._direct.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = len(data)  # the connection is dead; its reader cleans up
+            with self._cond:
+                self._queued -= sent
+                if sent < len(data):
+                    self._outbound.insert(0, data[sent:])
+                if sent < len(data) or not self._outbound or self._closing:
+                    self._sending = False
+                    self._cond.notify()  # the writer takes over what is left, if anything
+                    return
+                chunks, self._outbound = self._outbound, []
 
     def send_frame(self, frame: Frame) -> None:
         self.deliver(Outbound(frame))
@@ -151,25 +200,27 @@ class TcpConnection:
             self.sock.shutdown(socket.SHUT_RDWR)
 
     def _write_loop(self) -> None:
-        sent = 0
         try:
             while True:
                 with self._cond:
-                    self._queued -= sent
-                    self._writer_busy = False
-                    while not self._outbound and not self._closing:
+                    while (self._sending or not self._outbound) and not self._closing:
                         self._cond.wait()
                     if self._aborted:
                         return
+                    if self._sending:  # closing while a reader flushes: let it finish
+                        self._cond.wait(0.05)
+                        continue
+                    if not self._outbound:
+                        break  # closing, and everything has been sent
                     chunks, self._outbound = self._outbound, []
-                    self._writer_busy = bool(chunks)
-                    closing = self._closing
-                data = b"".join(chunks) if len(chunks) > 1 else (chunks[0] if chunks else b"")
-                if data:
-                    self.sock.sendall(data)
-                sent = len(data)
-                if closing and not data:
-                    break
+                    self._sending = True
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                try:
+                    self.sock.sendall(data)  # may block: that is what this thread is for
+                finally:
+                    with self._cond:
+                        self._queued -= len(data)
+                        self._sending = False
         except OSError as exc:
             log.debug("%s: send failed: %s", self.peer, exc)
         finally:
@@ -180,6 +231,7 @@ class TcpConnection:
     def _read_loop(self) -> None:
         hub = self.server.hub
         leave_reason, detail = "lost", ""
+        _reader_thread.pending_flush = {}
         try:
             leave_reason, detail = self._converse()
         except Exception:
@@ -187,6 +239,7 @@ class TcpConnection:
             leave_reason, detail = "lost", "server error"
         finally:
             hub.leave(self, leave_reason, detail)
+            _flush_pending()
             self.close(detail or leave_reason)
             self.writer.join(timeout=_SHUTDOWN_GRACE)
             if self.writer.is_alive():
@@ -208,6 +261,7 @@ class TcpConnection:
         registration_deadline = time.monotonic() + config.registration_timeout
         self.send_bytes(_greeting(config))
         while True:
+            _flush_pending()  # what this thread queued goes out before it may block
             if not joined:
                 self.sock.settimeout(max(0.001, registration_deadline - time.monotonic()))
             try:
@@ -229,7 +283,9 @@ class TcpConnection:
                 return "quit", ""  # an orderly close (Ctrl-D in nc) is a plain goodbye
             missed_pings = 0
             lines.feed(data)
-            while True:
+            for handled in itertools.count(1):
+                if handled % _FLUSH_EVERY == 0:
+                    _flush_pending()
                 try:
                     line = lines.next_line()
                 except FrameTooLarge as exc:
@@ -255,6 +311,7 @@ class TcpConnection:
                     # pushes back: the kernel buffers fill and the sender slows down.
                     pause = bucket.wait_time()
                     if pause > 0:
+                        _flush_pending()
                         time.sleep(pause)
                     bucket.try_take()
                 self.server.hub.handle(self, frame)
