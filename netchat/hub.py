@@ -63,30 +63,30 @@ EventSink = Callable[[dict[str, Any]], None]
 class Outbound:
     """A frame on its way out, with its wire encodings computed at most once each.
 
-    Two writer threads may race to fill a cache slot; both compute the same bytes, so
-    the race is harmless and cheaper than a lock.
+    ``json`` is the frame as one JSON line (structured clients), ``text`` as readable
+    ``\r\n`` lines (``nc``/``telnet`` clients). Each is computed on first access and
+    then stored in its slot, so every later access, once per member per message, is a
+    plain attribute read. Two threads may race to fill a slot; both compute the same
+    bytes, so the race is harmless and cheaper than a lock.
     """
 
-    __slots__ = ("_json", "_text", "frame")
+    __slots__ = ("frame", "json", "text")
+    json: bytes
+    text: bytes
 
     def __init__(self, frame: Frame) -> None:
         self.frame = frame
-        self._json: bytes | None = None
-        self._text: bytes | None = None
 
-    @property
-    def json(self) -> bytes:
-        """The frame as one JSON line (structured clients)."""
-        if self._json is None:
-            self._json = encode_frame(self.frame)
-        return self._json
-
-    @property
-    def text(self) -> bytes:
-        """The frame as readable ``\\r\\n`` lines (``nc``/``telnet`` clients)."""
-        if self._text is None:
-            self._text = render_text(self.frame)
-        return self._text
+    def __getattr__(self, name: str) -> bytes:
+        # Only called while a slot is still empty.
+        if name == "json":
+            value = encode_frame(self.frame)
+        elif name == "text":
+            value = render_text(self.frame)
+        else:
+            raise AttributeError(name)
+        object.__setattr__(self, name, value)
+        return value
 
 
 class Session(Protocol):
@@ -114,12 +114,13 @@ class Session(Protocol):
 class Member:
     """A session that has joined under a name."""
 
-    __slots__ = ("joined_at", "name", "session")
+    __slots__ = ("deliver", "joined_at", "name", "session")
 
     def __init__(self, name: str, session: Session, joined_at: float) -> None:
         self.name = name
         self.session = session
         self.joined_at = joined_at
+        self.deliver = session.deliver  # bound once: broadcasts call it per member
 
 
 class Hub:
@@ -350,11 +351,20 @@ class Hub:
         self._deliver_locked([member], Outbound(frame))
 
     def _broadcast_locked(self, frame: Frame, exclude: Member | None = None) -> None:
-        recipients = [m for m in self._members.values() if m is not exclude]
-        self._deliver_locked(recipients, Outbound(frame))
+        out = Outbound(frame)
+        # One pass, no intermediate list: this loop runs once per member per message.
+        too_slow = [
+            m for m in self._members.values() if m is not exclude and not m.deliver(out)
+        ]
+        if too_slow:
+            self._drop_slow_locked(too_slow)
 
     def _deliver_locked(self, recipients: Iterable[Member], out: Outbound) -> None:
-        too_slow = [m for m in recipients if not m.session.deliver(out)]
+        too_slow = [m for m in recipients if not m.deliver(out)]
+        if too_slow:
+            self._drop_slow_locked(too_slow)
+
+    def _drop_slow_locked(self, too_slow: list[Member]) -> None:
         # Dropping a member broadcasts its departure, which may find more slow members:
         # a worklist instead of recursion keeps that bounded and lock-safe.
         while too_slow:
@@ -365,7 +375,7 @@ class Hub:
             member.session.close("too slow: outbound backlog over its limit")
             seq, ts = self._stamp_locked()
             left = Outbound(Left(member.name, ts, seq, "dropped", "too slow"))
-            too_slow += [m for m in self._members.values() if not m.session.deliver(left)]
+            too_slow += [m for m in self._members.values() if not m.deliver(left)]
             log.warning("%s dropped: outbound backlog over its limit", member.name)
             self._emit(
                 "leave", name=member.name, reason="dropped", detail="too slow", ts=ts, seq=seq

@@ -7,6 +7,7 @@ renderer must not trust whoever built the frame.
 
 from __future__ import annotations
 
+import math
 import time
 
 from .frames import (
@@ -26,13 +27,24 @@ from .frames import (
 )
 from .text import sanitize_text as _s
 
+# (second, its HH:MM:SS): a busy chat renders many messages within one second, and
+# localtime + strftime cost more than the rest of rendering a line.
+_last_clock: tuple[int, str] = (-1, "")
+
 
 def clock(ts: float) -> str:
     """``HH:MM:SS`` of a server timestamp, in local time (``??:??:??`` if out of range)."""
+    global _last_clock
     try:
-        return time.strftime("%H:%M:%S", time.localtime(ts))
-    except (OverflowError, OSError, ValueError):  # a hostile ts such as 1e300
+        second = math.floor(ts)  # localtime floors too
+        cached_second, text = _last_clock
+        if second == cached_second:
+            return text
+        text = time.strftime("%H:%M:%S", time.localtime(second))
+    except (OverflowError, OSError, ValueError):  # a hostile ts such as 1e300 or NaN
         return "??:??:??"
+    _last_clock = (second, text)  # one assignment: other threads see old or new, whole
+    return text
 
 
 def users_line(users: tuple[str, ...]) -> str:

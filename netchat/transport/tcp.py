@@ -4,14 +4,22 @@ Strategy
 --------
 Each accepted connection gets two threads. The *reader* owns ``recv``: it splits the
 stream into lines with :class:`LineReader`, turns lines into request frames and hands
-them to the hub. The *writer* owns ``send``: the hub only appends encoded bytes to
-the connection's outbound buffer (:meth:`TcpConnection.deliver`), and the writer
-sends everything queued in one ``sendall``, so a burst of 50 messages costs one
-system call, and a client that stops reading stalls only its own writer.
+them to the hub. Sending is arranged so that a broadcast costs as little as possible
+per member and a slow member costs only itself:
 
-The outbound buffer is bounded (``max_queue`` bytes): past it the hub drops the
-member as too slow, and the socket is shut down at once so the blocked writer wakes.
-Server memory is therefore bounded by ``max_clients × (max_queue + max frame)``.
+- :meth:`TcpConnection.deliver`, which the hub calls once per member per message, is
+  one lock-free append of the (shared, encoded-at-most-once) frame to a queue.
+- After each batch of input, a reader *flushes* every connection with queued frames
+  (:meth:`TcpServer.flush_all`): it encodes them, checks the member's backlog against
+  ``max_queue`` and writes them with one non-blocking send. One send thus carries
+  every message queued for that member, and no thread is woken.
+- When a member's kernel buffer is full, what is left goes to its *writer* thread,
+  which blocks in ``sendall`` so that nobody else has to. The writer also sends the
+  goodbyes when a connection closes.
+
+The backlog is bounded (``max_queue`` bytes): past it the member is dropped as too
+slow and its socket is shut down at once, which wakes its blocked writer. Server
+memory is therefore bounded by about ``max_clients × (max_queue + max frame)``.
 
 Two kinds of client share the port. The server greets every connection with a text
 line; a first line that is a JSON ``hello`` frame makes the connection *structured*
@@ -35,7 +43,7 @@ import selectors
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Literal
 
 from ..errors import CommandError, FrameTooLarge, ProtocolError, Rejected
@@ -57,18 +65,6 @@ _MISSED_PINGS_ALLOWED = 2  # dropped on the third silent interval
 # member, yet a huge burst cannot pile up past a member's max_queue before it leaves.
 _FLUSH_EVERY = 64
 
-# Set on reader threads: the connections their deliveries queued bytes for. A reader
-# flushes them before it blocks (see TcpConnection.flush); other threads (shutdown,
-# the hub called from elsewhere) wake the writer thread instead.
-_reader_thread = threading.local()
-
-
-def _flush_pending() -> None:
-    pending: dict[TcpConnection, None] = _reader_thread.pending_flush
-    for connection in pending:
-        connection.flush()
-    pending.clear()
-
 
 def _greeting(config: ServerConfig) -> bytes:
     # One complete line: a structured client reads lines and skips non-JSON ones
@@ -87,19 +83,25 @@ class TcpConnection:
             f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
         )
         self.mode: Mode = "unknown"
-        self._cond = threading.Condition(threading.Lock())
-        self._outbound: list[bytes] = []
-        self._queued = 0
+        # Frames (or raw bytes) delivered but not yet encoded. deque.append and
+        # popleft are atomic, so the hub appends without taking any lock.
+        self._queue: deque[Outbound | bytes] = deque()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._backlog: list[bytes] = []  # encoded, waiting for a sender
+        self._queued = 0  # bytes in _backlog plus bytes a sender took but has not sent
         self._closing = False
         self._overflowed = False
         self._aborted = False
         self._max_queue = server.config.max_queue
         # True while one thread (a flushing reader or the writer) sends bytes taken
-        # from _outbound; only one may, or the byte order would break.
+        # from _backlog; only one may, or the byte order would break.
         self._sending = False
         # A non-blocking twin of the socket for flush(): the main socket has a
         # timeout, and CPython polls (and may wait) before sending on such a socket.
-        self._direct = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        self._direct = socket.socket(
+            sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno())
+        )
         self._direct.setblocking(False)
         self.reader = threading.Thread(
             target=self._read_loop, name=f"netchat-read-{self.peer}", daemon=True
@@ -111,8 +113,10 @@ class TcpConnection:
     # --- Session interface ---------------------------------------------------------
 
     def deliver(self, out: Outbound) -> bool:
-        data = out.json if self.mode == "structured" else out.text
-        return self.send_bytes(data)
+        # The hot path of every broadcast: one lock-free append. Encoding, accounting
+        # and sending happen in flush(), once per batch rather than once per message.
+        self._queue.append(out)
+        return True
 
     def close(self, reason: str) -> None:
         if self._overflowed:
@@ -130,43 +134,40 @@ class TcpConnection:
         self.writer.start()
         self.reader.start()
 
-    def send_bytes(self, data: bytes) -> bool:
-        """Queue ``data`` without blocking; False if that would pass ``max_queue``.
+    def send_bytes(self, data: bytes) -> None:
+        """Queue raw bytes (the greeting, a refusal) in order with the frames."""
+        self._queue.append(data)
 
-        On a reader thread the connection is only marked for the reader's next flush
-        (see :meth:`flush`); on any other thread the writer thread is woken.
-        """
-        with self._cond:
-            if self._closing:
-                return True  # late deliveries to a closing connection are moot
-            queued = self._queued + len(data)
-            if queued > self._max_queue:
-                self._overflowed = True
-                return False
-            self._outbound.append(data)
-            self._queued = queued
-            if self._sending:
-                return True  # whoever is sending checks for more before it stops
-            pending_flush = getattr(_reader_thread, "pending_flush", None)
-            if pending_flush is None:
-                self._cond.notify()
-                return True
-        pending_flush[self] = None
-        return True
+    def _encode_queued_locked(self) -> bool:
+        """Move queued frames into the byte backlog; False once it passes ``max_queue``."""
+        popleft = self._queue.popleft
+        items = [popleft() for _ in range(len(self._queue))]  # more may arrive meanwhile
+        # Comprehensions, not a loop with appends: this runs once per member per message.
+        if self.mode == "structured":
+            encoded = [i if isinstance(i, bytes) else i.json for i in items]
+        else:
+            encoded = [i if isinstance(i, bytes) else i.text for i in items]
+        self._backlog += encoded
+        self._queued += sum(map(len, encoded))
+        if self._queued > self._max_queue:
+            self._overflowed = True
+        return not self._overflowed
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Send what is queued with non-blocking sends on the calling thread.
 
-        Readers call this after a batch of input instead of waking writer threads:
-        with a thousand members, waking a thousand writers per message costs more
-        than all the sending, and a batch of messages to one member leaves in one
-        send. When the kernel buffer is full the rest is handed to the writer thread,
-        which may block; this method never does.
+        Never blocks: when the kernel buffer is full, the rest is left to the writer
+        thread. Returns False when the member cannot keep up (its backlog passed
+        ``max_queue``); the caller then drops it.
         """
-        with self._cond:
-            if self._sending or not self._outbound or self._closing:
-                return  # someone else is sending, or the writer finishes up
-            chunks, self._outbound = self._outbound, []
+        with self._lock:
+            if self._closing:
+                return True  # the writer sends the goodbyes
+            if not self._encode_queued_locked():
+                return False
+            if self._sending or not self._backlog:
+                return True  # the thread that is sending takes the backlog next
+            chunks, self._backlog = self._backlog, []
             self._sending = True
         while True:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -176,15 +177,18 @@ class TcpConnection:
                 sent = 0
             except OSError:
                 sent = len(data)  # the connection is dead; its reader cleans up
-            with self._cond:
+            with self._lock:
                 self._queued -= sent
                 if sent < len(data):
-                    self._outbound.insert(0, data[sent:])
-                if sent < len(data) or not self._outbound or self._closing:
+                    self._backlog.insert(0, data[sent:])
+                if sent < len(data) or self._closing or not self._encode_queued_locked():
                     self._sending = False
-                    self._cond.notify()  # the writer takes over what is left, if anything
-                    return
-                chunks, self._outbound = self._outbound, []
+                    self._cond.notify()  # the writer takes over what is left
+                    return not self._overflowed
+                if not self._backlog:
+                    self._sending = False
+                    return True
+                chunks, self._backlog = self._backlog, []
 
     def send_frame(self, frame: Frame) -> None:
         self.deliver(Outbound(frame))
@@ -194,7 +198,8 @@ class TcpConnection:
         with self._cond:
             self._closing = True
             self._aborted = True
-            self._outbound.clear()
+            self._backlog.clear()
+            self._queue.clear()
             self._cond.notify()
         with contextlib.suppress(OSError):  # already disconnected
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -203,16 +208,23 @@ class TcpConnection:
         try:
             while True:
                 with self._cond:
-                    while (self._sending or not self._outbound) and not self._closing:
+                    while not self._closing and (
+                        self._sending or not (self._backlog or self._queue)
+                    ):
                         self._cond.wait()
                     if self._aborted:
                         return
                     if self._sending:  # closing while a reader flushes: let it finish
                         self._cond.wait(0.05)
                         continue
-                    if not self._outbound:
-                        break  # closing, and everything has been sent
-                    chunks, self._outbound = self._outbound, []
+                    # Over max_queue here only marks the member; the next reader
+                    # flush drops it (dropping needs the hub, and the flush pass).
+                    self._encode_queued_locked()
+                    if not self._backlog:
+                        if self._closing:
+                            break  # everything has been sent
+                        continue
+                    chunks, self._backlog = self._backlog, []
                     self._sending = True
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 try:
@@ -231,7 +243,6 @@ class TcpConnection:
     def _read_loop(self) -> None:
         hub = self.server.hub
         leave_reason, detail = "lost", ""
-        _reader_thread.pending_flush = {}
         try:
             leave_reason, detail = self._converse()
         except Exception:
@@ -239,7 +250,7 @@ class TcpConnection:
             leave_reason, detail = "lost", "server error"
         finally:
             hub.leave(self, leave_reason, detail)
-            _flush_pending()
+            self.server.flush_all()  # the departure notice
             self.close(detail or leave_reason)
             self.writer.join(timeout=_SHUTDOWN_GRACE)
             if self.writer.is_alive():
@@ -261,7 +272,7 @@ class TcpConnection:
         registration_deadline = time.monotonic() + config.registration_timeout
         self.send_bytes(_greeting(config))
         while True:
-            _flush_pending()  # what this thread queued goes out before it may block
+            self.server.flush_all()  # what this thread queued goes out before it may block
             if not joined:
                 self.sock.settimeout(max(0.001, registration_deadline - time.monotonic()))
             try:
@@ -285,7 +296,7 @@ class TcpConnection:
             lines.feed(data)
             for handled in itertools.count(1):
                 if handled % _FLUSH_EVERY == 0:
-                    _flush_pending()
+                    self.server.flush_all()
                 try:
                     line = lines.next_line()
                 except FrameTooLarge as exc:
@@ -311,7 +322,7 @@ class TcpConnection:
                     # pushes back: the kernel buffers fill and the sender slows down.
                     pause = bucket.wait_time()
                     if pause > 0:
-                        _flush_pending()
+                        self.server.flush_all()
                         time.sleep(pause)
                     bucket.try_take()
                 self.server.hub.handle(self, frame)
@@ -413,6 +424,11 @@ class TcpServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._lock = threading.Lock()
         self._connections: set[TcpConnection] = set()
+        # An immutable snapshot for flush_all(), replaced on every change, so the hot
+        # path iterates without taking the lock.
+        self._connection_list: tuple[TcpConnection, ...] = ()
+        self._flush_lock = threading.Lock()
+        self._flush_requested = False
         self._per_address: Counter[str] = Counter()
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -452,6 +468,40 @@ class TcpServer:
         if self._serving_thread is not None and self._serving_thread != threading.get_ident():
             self._stopped.wait(timeout=3 * _SHUTDOWN_GRACE)
 
+    def flush_all(self) -> None:
+        """Flush every connection with queued frames; drop members that cannot keep up.
+
+        Readers call this after each batch of input and before they block, so bytes
+        queued by a broadcast leave promptly without waking any thread. One reader
+        flushes at a time, for everyone: a reader that finds a flush under way only
+        leaves a request and goes back to reading, and the flushing one makes another
+        pass while requests keep coming. Fewer, fuller passes mean fewer sends, and
+        ten readers do not queue up behind each other's connection locks.
+        """
+        self._flush_requested = True
+        # Re-checked after releasing the lock: a request made while we were finishing
+        # our last pass must not be left for nobody.
+        while self._flush_requested and self._flush_lock.acquire(blocking=False):
+            try:
+                while self._flush_requested:
+                    self._flush_requested = False
+                    self._flush_pass()
+            finally:
+                self._flush_lock.release()
+
+    def _flush_pass(self) -> None:
+        too_slow = [
+            c for c in self._connection_list if (c._queue or c._overflowed) and not c.flush()
+        ]
+        for connection in too_slow:
+            log.warning(
+                "%s: dropped: outbound backlog over %d bytes", connection.peer, connection._max_queue
+            )
+            self.hub.leave(connection, "dropped", "too slow")
+            connection.abort()
+        if too_slow:
+            self._flush_requested = True  # the departure notices; each member drops once
+
     def _accept_ready(self) -> None:
         # Accept everything pending: under a connection storm one select per accept
         # would leave the backlog full.
@@ -474,12 +524,15 @@ class TcpServer:
         refusal = None
         with self._lock:
             if len(self._connections) >= self.config.max_clients:
-                refusal = f"server full (at most {self.config.max_clients} connections); try again later"
+                refusal = (
+                    f"server full (at most {self.config.max_clients} connections); try again later"
+                )
             elif 0 < self.config.max_per_address <= self._per_address[address[0]]:
                 refusal = f"too many connections from {address[0]} (at most {self.config.max_per_address})"
             else:
                 connection = TcpConnection(self, sock, address)
                 self._connections.add(connection)
+                self._connection_list = (*self._connection_list, connection)
                 self._per_address[address[0]] += 1
         if refusal is not None:
             log.warning("refused %s: %s", address[0], refusal)
@@ -491,6 +544,7 @@ class TcpServer:
     def _forget(self, connection: TcpConnection) -> None:
         with self._lock:
             self._connections.discard(connection)
+            self._connection_list = tuple(self._connections)
             self._per_address[connection.ip] -= 1
             if self._per_address[connection.ip] <= 0:
                 del self._per_address[connection.ip]
