@@ -97,12 +97,13 @@ class Session(Protocol):
         """The remote address, for logs."""
         ...
 
-    def deliver(self, out: Outbound) -> bool:
+    def deliver(self, out: Outbound) -> bool | None:
         """Queue ``out`` for sending without blocking.
 
         Returns:
             False when the session cannot keep up (its backlog passed its limit); the
-            hub then removes it as ``dropped``.
+            hub then removes it as ``dropped``. Anything else (True, None) means
+            queued, so a transport may use a bare ``deque.append`` as ``deliver``.
         """
         ...
 
@@ -354,13 +355,13 @@ class Hub:
         out = Outbound(frame)
         # One pass, no intermediate list: this loop runs once per member per message.
         too_slow = [
-            m for m in self._members.values() if m is not exclude and not m.deliver(out)
+            m for m in self._members.values() if m is not exclude and m.deliver(out) is False
         ]
         if too_slow:
             self._drop_slow_locked(too_slow)
 
     def _deliver_locked(self, recipients: Iterable[Member], out: Outbound) -> None:
-        too_slow = [m for m in recipients if not m.deliver(out)]
+        too_slow = [m for m in recipients if m.deliver(out) is False]
         if too_slow:
             self._drop_slow_locked(too_slow)
 
@@ -375,7 +376,7 @@ class Hub:
             member.session.close("too slow: outbound backlog over its limit")
             seq, ts = self._stamp_locked()
             left = Outbound(Left(member.name, ts, seq, "dropped", "too slow"))
-            too_slow += [m for m in self._members.values() if not m.deliver(left)]
+            too_slow += [m for m in self._members.values() if m.deliver(left) is False]
             log.warning("%s dropped: outbound backlog over its limit", member.name)
             self._emit(
                 "leave", name=member.name, reason="dropped", detail="too slow", ts=ts, seq=seq

@@ -44,6 +44,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Literal
 
 from ..errors import CommandError, FrameTooLarge, ProtocolError, Rejected
@@ -86,6 +87,10 @@ class TcpConnection:
         # Frames (or raw bytes) delivered but not yet encoded. deque.append and
         # popleft are atomic, so the hub appends without taking any lock.
         self._queue: deque[Outbound | bytes] = deque()
+        # The Session's deliver(), the hot path of every broadcast: the deque's own
+        # append, with no Python frame around it. Encoding, accounting and sending
+        # happen in flush(), once per batch rather than once per message.
+        self.deliver: Callable[[Outbound], None] = self._queue.append
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._backlog: list[bytes] = []  # encoded, waiting for a sender
@@ -111,12 +116,6 @@ class TcpConnection:
         )
 
     # --- Session interface ---------------------------------------------------------
-
-    def deliver(self, out: Outbound) -> bool:
-        # The hot path of every broadcast: one lock-free append. Encoding, accounting
-        # and sending happen in flush(), once per batch rather than once per message.
-        self._queue.append(out)
-        return True
 
     def close(self, reason: str) -> None:
         if self._overflowed:
