@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from netchat import Client, ConnectionClosed, Message, NetchatError
 from netchat.console import mentions, start_failure_message
@@ -37,7 +36,6 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: never)")
     args = parser.parse_args()
 
-    deadline = time.monotonic() + args.duration if args.duration else None
     try:
         client = Client.connect(args.name, args.host, args.port)
     except NetchatError as exc:
@@ -45,20 +43,13 @@ def main() -> int:
         return 1
     with client:
         print(f"echo_bot: joined as {client.name}", file=sys.stderr, flush=True)
-        seen = 0
-        while args.max_events == 0 or seen < args.max_events:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            try:
-                frame = client.next_event(timeout=0.5)
-            except ConnectionClosed as exc:
-                print(f"echo_bot: {exc}", file=sys.stderr)
-                return 1
-            if frame is None:
-                continue
-            seen += 1
-            if isinstance(frame, Message) and (answer := reply_to(frame, client.name)):
-                client.say(answer)
+        try:
+            for frame in client.events(max_events=args.max_events, duration=args.duration):
+                if isinstance(frame, Message) and (answer := reply_to(frame, client.name)):
+                    client.say(answer)
+        except ConnectionClosed as exc:
+            print(f"echo_bot: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

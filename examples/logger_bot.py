@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from typing import TextIO
 
 from netchat import Client, ConnectionClosed, NetchatError
@@ -36,7 +35,6 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: never)")
     args = parser.parse_args()
 
-    deadline = time.monotonic() + args.duration if args.duration else None
     # The output is opened first, so a bad path fails before the bot joins.
     with _open_output(args.output) as out:
         try:
@@ -46,21 +44,14 @@ def main() -> int:
             return 1
         with client:
             print(f"logger_bot: joined as {client.name}", file=sys.stderr, flush=True)
-            seen = 0
-            while args.max_events == 0 or seen < args.max_events:
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                try:
-                    frame = client.next_event(timeout=0.5)
-                except ConnectionClosed as exc:
-                    print(f"logger_bot: {exc}", file=sys.stderr)
-                    return 1
-                if frame is None:
-                    continue
-                seen += 1
-                for line in render_lines(frame):
-                    out.write(line + "\n")
-                out.flush()  # a transcript someone tails must be current
+            try:
+                for frame in client.events(max_events=args.max_events, duration=args.duration):
+                    for line in render_lines(frame):
+                        out.write(line + "\n")
+                    out.flush()  # a transcript someone tails must be current
+            except ConnectionClosed as exc:
+                print(f"logger_bot: {exc}", file=sys.stderr)
+                return 1
     return 0
 
 

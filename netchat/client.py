@@ -19,11 +19,13 @@ are queued for :meth:`Client.next_event`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import random
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 
 from .errors import (
@@ -293,6 +295,26 @@ class Client:
             self._events.put(item)  # keep answering "ended" to later calls
             raise ConnectionClosed(item.reason or "session ended")
         return item
+
+    def events(self, *, max_events: int = 0, duration: float = 0) -> Iterator[Frame]:
+        """Received frames, for a bot's main loop; ``0`` means no bound.
+
+        Stops after ``max_events`` frames or ``duration`` seconds, whichever comes
+        first. Only for clients made by :meth:`connect`.
+
+        Raises:
+            ConnectionClosed: the session ended (the server went away, or we quit).
+        """
+        deadline = time.monotonic() + duration if duration else None
+        for _ in itertools.count() if not max_events else range(max_events):
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                frame = self.next_event(timeout=remaining)
+                if frame is not None:
+                    break
+            yield frame
 
     def __enter__(self) -> Client:
         return self

@@ -18,6 +18,7 @@ from netchat import (
     ConnectionClosed,
     Frame,
     Info,
+    Joined,
     Message,
     NetchatError,
     PrivateMessage,
@@ -504,3 +505,19 @@ def test_a_full_server_refuses_with_its_reason(make_server: ServerFactory) -> No
         Client.connect("second", *server.address)
     assert refused.value.code == "refused"
     assert "server full (at most 1 connections)" in str(refused.value)
+
+
+def test_events_stops_at_its_bounds_and_raises_when_the_session_ends(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server()
+    with Client.connect("bot", *server.address) as bot, Client.connect("alice", *server.address):
+        welcome, joined = list(bot.events(max_events=2))
+        assert isinstance(welcome, Welcome) and isinstance(joined, Joined)
+        started = time.monotonic()
+        assert list(bot.events(duration=0.2)) == []  # nothing more was said
+        assert time.monotonic() - started >= 0.2
+        server.shutdown("bye")
+        with pytest.raises(ConnectionClosed):
+            for _ in bot.events(duration=WAIT):
+                pass

@@ -189,3 +189,25 @@ def test_a_message_too_large_for_a_datagram_is_refused(
     alice, a = make_peer("alice")
     alice.send_line("z" * 1500)
     a.wait_for(lambda line: line.startswith("! message not sent"))
+
+
+def test_broadcast_peers_on_the_loopback_broadcast_address(group_port: int) -> None:
+    # 127.255.255.255 is the broadcast address of lo: broadcast mode, tested without
+    # sending anything off this machine.
+    peers = [
+        Peer(name, group="127.255.255.255", port=group_port, broadcast=True, heartbeat_interval=0.2)
+        for name in ("alice", "bob")
+    ]
+    recorders = [Recorder(), Recorder()]
+    try:
+        for peer, recorder in zip(peers, recorders, strict=True):
+            peer.start(recorder.on_event, recorder.on_closed)
+        recorders[0].wait_line("* bob joined")
+        recorders[1].wait_line("* alice joined")
+        peers[1].send_line("über broadcast")
+        for recorder in recorders:
+            recorder.wait_line("<bob> über broadcast")
+    finally:
+        for peer in peers:
+            peer.close()
+            assert peer.wait(DEADLINE)
