@@ -93,7 +93,9 @@ class Result:
 
 def server_command(target: str, port: int) -> list[str]:
     if target == "netchat":
-        flags = "--max-clients 5000 --max-per-address 0 --rate-limit 0 --log-level WARNING"
+        # --max-queue as the select server's 16 MiB limit, so no target drops a client
+        # that the others would keep.
+        flags = "--max-clients 5000 --max-per-address 0 --rate-limit 0 --max-queue 16777216 --log-level WARNING"
         return [sys.executable, "-m", "netchat", "server", *f"--host {HOST} --port {port}".split(),
                 *flags.split()]  # fmt: skip
     if target == "ncat":
