@@ -112,6 +112,33 @@ class Session(Protocol):
         ...
 
 
+class Fanout(Protocol):
+    """A transport's shared send path, used instead of one ``deliver`` per member.
+
+    A stream transport can keep each broadcast once for all members (see
+    :class:`~netchat.transport.streamlog.StreamLog`) instead of queueing it per member.
+    When :attr:`Hub.fanout` is set, the hub sends members everything through it;
+    sessions that are not members still get ``deliver``. Every method is called with
+    the hub's lock held, so calls arrive in event order.
+    """
+
+    def add(self, session: Session) -> None:
+        """``session`` became a member: it is owed every broadcast from now on."""
+        ...
+
+    def remove(self, session: Session) -> None:
+        """``session`` is no longer a member: owed nothing broadcast from now on."""
+        ...
+
+    def broadcast(self, out: Outbound) -> None:
+        """Every current member is owed ``out``."""
+        ...
+
+    def send(self, session: Session, out: Outbound) -> bool:
+        """``session`` alone is owed ``out``; False if it is not a member."""
+        ...
+
+
 class Member:
     """A session that has joined under a name."""
 
@@ -151,6 +178,8 @@ class Hub:
         self._members: dict[str, Member] = {}  # name_key -> member
         self._by_session: dict[int, Member] = {}  # id(session) -> member
         self._seq = 0
+        #: set by a transport that sends through a shared fan-out (see :class:`Fanout`)
+        self.fanout: Fanout | None = None
 
     # --- queries -----------------------------------------------------------------
 
@@ -193,6 +222,8 @@ class Hub:
             member = Member(name, session, ts)
             self._members[name_key(name)] = member
             self._by_session[id(session)] = member
+            if self.fanout is not None:
+                self.fanout.add(session)
             welcome = Welcome(name, self._names_locked(), self.server_name, self.motd)
             self._send_locked(member, welcome)
         log.info("%s joined from %s", name, session.peer)
@@ -210,8 +241,13 @@ class Hub:
             self._members.clear()
             self._by_session.clear()
             notice = Outbound(Shutdown(reason))
+            if self.fanout is not None:
+                self.fanout.broadcast(notice)
             for member in members:
-                member.session.deliver(notice)
+                if self.fanout is not None:
+                    self.fanout.remove(member.session)
+                else:
+                    member.session.deliver(notice)
                 member.session.close("server shutting down")
             self._emit("shutdown", reason=reason, members=len(members))
 
@@ -336,6 +372,8 @@ class Hub:
         if member is None:
             return
         del self._members[name_key(member.name)]
+        if self.fanout is not None:
+            self.fanout.remove(session)
         seq, ts = self._stamp_locked()
         self._broadcast_locked(Left(member.name, ts, seq, reason, detail))
         log.info("%s left (%s%s)", member.name, reason, f": {detail}" if detail else "")
@@ -351,16 +389,21 @@ class Hub:
     def _send_locked(self, member: Member, frame: Frame) -> None:
         self._deliver_locked([member], Outbound(frame))
 
-    def _broadcast_locked(self, frame: Frame, exclude: Member | None = None) -> None:
+    def _broadcast_locked(self, frame: Frame) -> None:
         out = Outbound(frame)
+        if self.fanout is not None:
+            self.fanout.broadcast(out)
+            return
         # One pass, no intermediate list: this loop runs once per member per message.
-        too_slow = [
-            m for m in self._members.values() if m is not exclude and m.deliver(out) is False
-        ]
+        too_slow = [m for m in self._members.values() if m.deliver(out) is False]
         if too_slow:
             self._drop_slow_locked(too_slow)
 
     def _deliver_locked(self, recipients: Iterable[Member], out: Outbound) -> None:
+        if self.fanout is not None:
+            for member in recipients:
+                self.fanout.send(member.session, out)
+            return
         too_slow = [m for m in recipients if m.deliver(out) is False]
         if too_slow:
             self._drop_slow_locked(too_slow)
@@ -383,7 +426,9 @@ class Hub:
             )
 
     def _error_to(self, session: Session, code: str, text: str, suggestion: str = "") -> None:
-        session.deliver(Outbound(Error(code, text, suggestion)))
+        out = Outbound(Error(code, text, suggestion))
+        if self.fanout is None or not self.fanout.send(session, out):
+            session.deliver(out)
         member = self._by_session.get(id(session))
         self._emit(
             "error", name=member.name if member else None, peer=session.peer, code=code, text=text

@@ -54,6 +54,7 @@ from ..protocol.frames import Error, Frame, Hello, Ping, Pong, Shutdown, decode_
 from ..protocol.ratelimit import TokenBucket
 from ..protocol.stream import LineReader
 from .base import ServerConfig
+from .streamlog import StreamLog
 
 log = logging.getLogger("netchat.tcp")
 
@@ -137,39 +138,47 @@ class TcpConnection:
         """Queue raw bytes (the greeting, a refusal) in order with the frames."""
         self._queue.append(data)
 
-    def _encode_queued_locked(self) -> bool:
-        """Move queued frames into the byte backlog; False once it passes ``max_queue``."""
+    def _take_locked(self) -> bytes:
+        """Everything owed, in order: unsent leftovers, then frames queued on this
+        connection, then what the shared stream log holds for it."""
         popleft = self._queue.popleft
         items = [popleft() for _ in range(len(self._queue))]  # more may arrive meanwhile
-        # Comprehensions, not a loop with appends: this runs once per member per message.
         if self.mode == "structured":
-            encoded = [i if isinstance(i, bytes) else i.json for i in items]
+            fresh = [i if isinstance(i, bytes) else i.json for i in items]
         else:
-            encoded = [i if isinstance(i, bytes) else i.text for i in items]
-        self._backlog += encoded
-        self._queued += sum(map(len, encoded))
-        if self._queued > self._max_queue:
+            fresh = [i if isinstance(i, bytes) else i.text for i in items]
+        logged = self.server.stream_log.take(self)
+        if logged:
+            fresh.append(logged)
+        self._queued += sum(map(len, fresh))  # leftovers were counted already
+        parts, self._backlog = self._backlog + fresh, []
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _keeps_up_locked(self) -> bool:
+        """False (and marked) once what the member is owed passes ``max_queue``."""
+        if self._queued + self.server.stream_log.pending(self) > self._max_queue:
             self._overflowed = True
         return not self._overflowed
 
     def flush(self) -> bool:
-        """Send what is queued with non-blocking sends on the calling thread.
+        """Send what is owed with non-blocking sends on the calling thread.
 
         Never blocks: when the kernel buffer is full, the rest is left to the writer
-        thread. Returns False when the member cannot keep up (its backlog passed
+        thread. Returns False when the member cannot keep up (what it is owed passed
         ``max_queue``); the caller then drops it.
         """
         with self._lock:
             if self._closing:
                 return True  # the writer sends the goodbyes
-            if not self._encode_queued_locked():
+            if not self._keeps_up_locked():
                 return False
-            if self._sending or not self._backlog:
-                return True  # the thread that is sending takes the backlog next
-            chunks, self._backlog = self._backlog, []
+            if self._sending:
+                return True  # the thread that is sending takes the rest next
+            data = self._take_locked()
+            if not data:
+                return True
             self._sending = True
         while True:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             try:
                 sent = self._direct.send(data)
             except BlockingIOError:
@@ -178,16 +187,16 @@ class TcpConnection:
                 sent = len(data)  # the connection is dead; its reader cleans up
             with self._lock:
                 self._queued -= sent
-                if sent < len(data):
-                    self._backlog.insert(0, data[sent:])
-                if sent < len(data) or self._closing or not self._encode_queued_locked():
+                if sent < len(data) or self._closing:
+                    if sent < len(data):
+                        self._backlog.insert(0, data[sent:])
                     self._sending = False
                     self._cond.notify()  # the writer takes over what is left
-                    return not self._overflowed
-                if not self._backlog:
+                    return True
+                data = self._take_locked()
+                if not data:
                     self._sending = False
                     return True
-                chunks, self._backlog = self._backlog, []
 
     def send_frame(self, frame: Frame) -> None:
         self.deliver(Outbound(frame))
@@ -203,29 +212,28 @@ class TcpConnection:
         with contextlib.suppress(OSError):  # already disconnected
             self.sock.shutdown(socket.SHUT_RDWR)
 
+    def _owed_locked(self) -> bool:
+        return bool(self._backlog or self._queue) or self.server.stream_log.owes(self)
+
     def _write_loop(self) -> None:
         try:
             while True:
                 with self._cond:
-                    while not self._closing and (
-                        self._sending or not (self._backlog or self._queue)
-                    ):
+                    while not self._closing and (self._sending or not self._owed_locked()):
                         self._cond.wait()
                     if self._aborted:
                         return
                     if self._sending:  # closing while a reader flushes: let it finish
                         self._cond.wait(0.05)
                         continue
-                    # Over max_queue here only marks the member; the next reader
-                    # flush drops it (dropping needs the hub, and the flush pass).
-                    self._encode_queued_locked()
-                    if not self._backlog:
+                    # Past max_queue this only grows the count; the next reader flush
+                    # drops the member (dropping needs the hub, outside our locks).
+                    data = self._take_locked()
+                    if not data:
                         if self._closing:
                             break  # everything has been sent
                         continue
-                    chunks, self._backlog = self._backlog, []
                     self._sending = True
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 try:
                     self.sock.sendall(data)  # may block: that is what this thread is for
                 finally:
@@ -428,6 +436,13 @@ class TcpServer:
         self._connection_list: tuple[TcpConnection, ...] = ()
         self._flush_lock = threading.Lock()
         self._flush_requested = False
+        # Broadcasts are kept once, in one stream per wire format, for all members.
+        self.stream_log = StreamLog(
+            lambda session: (
+                not (isinstance(session, TcpConnection) and session.mode == "structured")
+            )
+        )
+        hub.fanout = self.stream_log
         self._per_address: Counter[str] = Counter()
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -489,12 +504,17 @@ class TcpServer:
                 self._flush_lock.release()
 
     def _flush_pass(self) -> None:
+        owes = self.stream_log.owes
         too_slow = [
-            c for c in self._connection_list if (c._queue or c._overflowed) and not c.flush()
+            c
+            for c in self._connection_list
+            if (c._queue or c._overflowed or owes(c)) and not c.flush()
         ]
         for connection in too_slow:
             log.warning(
-                "%s: dropped: outbound backlog over %d bytes", connection.peer, connection._max_queue
+                "%s: dropped: outbound backlog over %d bytes",
+                connection.peer,
+                connection._max_queue,
             )
             self.hub.leave(connection, "dropped", "too slow")
             connection.abort()
@@ -541,6 +561,7 @@ class TcpServer:
         connection.start()
 
     def _forget(self, connection: TcpConnection) -> None:
+        self.stream_log.discard(connection)
         with self._lock:
             self._connections.discard(connection)
             self._connection_list = tuple(self._connections)
