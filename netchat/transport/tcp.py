@@ -7,19 +7,23 @@ stream into lines with :class:`LineReader`, turns lines into request frames and 
 them to the hub. Sending is arranged so that a broadcast costs as little as possible
 per member and a slow member costs only itself:
 
-- :meth:`TcpConnection.deliver`, which the hub calls once per member per message, is
-  one lock-free append of the (shared, encoded-at-most-once) frame to a queue.
-- After each batch of input, a reader *flushes* every connection with queued frames
-  (:meth:`TcpServer.flush_all`): it encodes them, checks the member's backlog against
-  ``max_queue`` and writes them with one non-blocking send. One send thus carries
-  every message queued for that member, and no thread is woken.
+- The hub sends through the server's :class:`StreamLog` (its ``Fanout``): a
+  broadcast is encoded once per wire format and appended once to a shared stream;
+  each member only has an offset into it. Frames for one member are spliced in at
+  their place. So a message costs no work per member when it is sent.
+- After each batch of input, a reader *flushes* (:meth:`TcpServer.flush_all`): every
+  member that is owed bytes gets one slice of its stream in one non-blocking send,
+  however many messages it holds, and no thread is woken.
 - When a member's kernel buffer is full, what is left goes to its *writer* thread,
   which blocks in ``sendall`` so that nobody else has to. The writer also sends the
-  goodbyes when a connection closes.
+  goodbyes when a connection closes. Frames for a connection that is not a member
+  (the greeting, a refusal) go through its own small queue.
 
-The backlog is bounded (``max_queue`` bytes): past it the member is dropped as too
-slow and its socket is shut down at once, which wakes its blocked writer. Server
-memory is therefore bounded by about ``max_clients × (max_queue + max frame)``.
+What a member is owed is bounded (``max_queue`` bytes): past it the member is dropped
+as too slow and its socket is shut down at once, which wakes its blocked writer. The
+shared streams are cut once every member has read past their start, so server memory
+stays bounded by about ``max_queue`` plus a megabyte per stream, plus per-connection
+leftovers of at most ``max_queue`` each.
 
 Two kinds of client share the port. The server greets every connection with a text
 line; a first line that is a JSON ``hello`` frame makes the connection *structured*
