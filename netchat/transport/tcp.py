@@ -92,9 +92,9 @@ class TcpConnection:
         # Frames (or raw bytes) delivered but not yet encoded. deque.append and
         # popleft are atomic, so the hub appends without taking any lock.
         self._queue: deque[Outbound | bytes] = deque()
-        # The Session's deliver(), the hot path of every broadcast: the deque's own
-        # append, with no Python frame around it. Encoding, accounting and sending
-        # happen in flush(), once per batch rather than once per message.
+        # The Session's deliver(): members get their frames through the stream log;
+        # the hub delivers here only to a connection that has not joined (an error
+        # before the welcome). Encoding and sending happen in flush().
         self.deliver: Callable[[Outbound], None] = self._queue.append
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
