@@ -84,7 +84,13 @@ class Result:
     wall_s: float = 0.0  # first send -> last delivery (or give-up)
     setup_s: float = 0.0  # connect + barrier
     receiver_cpu_s: float = 0.0  # harness receive loop's own CPU while measuring
+    server_cpu_s: float = 0.0  # the server process's CPU (user + system) while measuring
     error: str = ""
+
+    @property
+    def server_us_per_delivery(self) -> float:
+        """Server CPU per delivery: its cost, whoever the bottleneck of the run was."""
+        return 1e6 * self.server_cpu_s / self.received if self.received else 0.0
 
     @property
     def delivered_pct(self) -> float:
@@ -108,8 +114,8 @@ def server_command(target: str, port: int) -> list[str]:
 class Receiver:
     """All client sockets in one selectors loop; counts payload lines as they arrive."""
 
-    def __init__(self, port: int, w: Workload) -> None:
-        self.port, self.w = port, w
+    def __init__(self, port: int, w: Workload, server_pid: int) -> None:
+        self.port, self.w, self.server_pid = port, w, server_pid
         self.sel = selectors.DefaultSelector()
         self.socks: list[socket.socket] = []
         self.bufs: list[bytes] = [b""] * w.clients
@@ -241,6 +247,7 @@ class Receiver:
         send_budget = self.w.messages / self.w.rate if self.w.rate else self.w.timeout
         hard_deadline = time.monotonic() + send_budget + 2 * self.w.timeout + 10
         done_at, cpu0 = math.inf, time.process_time()
+        server_cpu0 = process_cpu_s(self.server_pid)
         proc.start()
         try:
             writer.close()
@@ -258,6 +265,7 @@ class Receiver:
                 proc.kill()
                 proc.join(5)
         self.res.receiver_cpu_s = time.process_time() - cpu0
+        self.res.server_cpu_s = process_cpu_s(self.server_pid) - server_cpu0
         if self.send_report is None:
             raise BenchError("sender process never reported (hard deadline hit)")
         sent, t0, _t_end, err = self.send_report
@@ -305,9 +313,18 @@ def send_loop(socks: list[socket.socket], w: Workload, out: Connection) -> None:
     out.close()
 
 
-def client_main(port: int, w: Workload, target: str, out: Connection) -> None:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def client_main(port: int, w: Workload, target: str, server_pid: int, out: Connection) -> None:
     """Client process: connect, barrier, measure, send a Result back to the parent."""
-    rx = Receiver(port, w)
+    rx = Receiver(port, w, server_pid)
     try:
         t_setup = time.monotonic()
         rx.connect_all()
@@ -363,7 +380,7 @@ def run_target(target: str, w: Workload, logdir: Path) -> Result:
             return Result(target, w.clients, error=f"cannot start {cmd[0]}: {exc}")
     try:
         wait_listening(proc, port)
-        res = run_clients(target, port, w)
+        res = run_clients(target, port, w, proc.pid)
         if proc.poll() is not None:
             res.error += f" server exited with {proc.returncode} during the run"
     except BenchError as exc:
@@ -384,9 +401,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-def run_clients(target: str, port: int, w: Workload) -> Result:
+def run_clients(target: str, port: int, w: Workload, server_pid: int) -> Result:
     reader, writer = CTX.Pipe(duplex=False)
-    proc = CTX.Process(target=client_main, args=(port, w, target, writer))
+    proc = CTX.Process(target=client_main, args=(port, w, target, server_pid, writer))
     budget = SETUP_S + BARRIER_S + 3 * w.timeout + (w.messages / w.rate if w.rate else 0) + 30
     proc.start()
     try:
@@ -406,7 +423,7 @@ def run_clients(target: str, port: int, w: Workload) -> Result:
 
 ROW_HEADERS = ["target", "clients", "sent", "expected", "received", "delivered %"]
 ROW_HEADERS += ["out-of-order (total/worst sender)", "deliveries/s", "p50 ms", "p99 ms"]
-ROW_HEADERS += ["max ms", "wall s"]
+ROW_HEADERS += ["max ms", "wall s", "server CPU µs/delivery"]
 
 
 def row(r: Result) -> list[str]:
@@ -415,6 +432,7 @@ def row(r: Result) -> list[str]:
     ooo = f"{sum(r.out_of_order)}/{max(r.out_of_order, default=0)}"
     counts = f"{r.clients} {r.sent} {r.expected} {r.received} {r.delivered_pct:.2f} {ooo}"
     rates = f"{r.deliveries_per_s:,.0f} {r.p50_ms:.1f} {r.p99_ms:.1f} {r.max_ms:.1f} {r.wall_s:.2f}"
+    rates += f" {r.server_us_per_delivery:.3f}"
     return [r.target, *counts.split(), *rates.split()]
 
 

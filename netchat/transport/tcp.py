@@ -158,9 +158,12 @@ class TcpConnection:
         parts, self._backlog = self._backlog + fresh, []
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _keeps_up_locked(self) -> bool:
-        """False (and marked) once what the member is owed passes ``max_queue``."""
-        if self._queued + self.server.stream_log.pending(self) > self._max_queue:
+    def _keeps_up_locked(self, untaken: int) -> bool:
+        """False (and marked) once what the member is owed passes ``max_queue``.
+
+        ``untaken``: bytes it is owed beyond those counted in ``_queued``.
+        """
+        if self._queued + untaken > self._max_queue:
             self._overflowed = True
         return not self._overflowed
 
@@ -174,11 +177,11 @@ class TcpConnection:
         with self._lock:
             if self._closing:
                 return True  # the writer sends the goodbyes
-            if not self._keeps_up_locked():
+            if self._sending:  # the thread that is sending takes the rest next
+                return self._keeps_up_locked(self.server.stream_log.pending(self))
+            data = self._take_locked()  # counts what it takes in _queued
+            if not self._keeps_up_locked(0):
                 return False
-            if self._sending:
-                return True  # the thread that is sending takes the rest next
-            data = self._take_locked()
             if not data:
                 return True
             self._sending = True
