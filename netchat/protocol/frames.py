@@ -66,6 +66,8 @@ class Frame:
     """Base class of all frames; ``TYPE`` is the value of the ``t`` key on the wire."""
 
     TYPE: ClassVar[str] = ""
+    #: (field, predicate, type name) for each field, set when the type is registered
+    _checks: ClassVar[tuple[tuple[str, typing.Callable[[object], bool], str], ...]] = ()
 
 
 #: type name -> (frame class, {field name: python type})
@@ -78,10 +80,29 @@ def _register(type_name: str) -> typing.Callable[[_F], _F]:
     def decorate(cls: _F) -> _F:
         cls.TYPE = type_name
         hints = typing.get_type_hints(cls)
-        FRAME_TYPES[type_name] = (cls, {f.name: hints[f.name] for f in dataclasses.fields(cls)})
+        spec = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        FRAME_TYPES[type_name] = (cls, spec)
+        checks = tuple(
+            (name, _checker(expected), getattr(expected, "__name__", str(expected)))
+            for name, expected in spec.items()
+        )
+        cls._checks = checks
         return cls
 
     return decorate
+
+
+def _checker(expected: Any) -> typing.Callable[[object], bool]:
+    """A predicate for one declared field type, chosen once per field at import.
+
+    Frames are built for every message the server handles, so the checks are
+    specialised up front instead of dispatching on the type on every construction.
+    """
+    if expected is str:
+        return lambda value: isinstance(value, str)
+    if expected is bool:
+        return lambda value: isinstance(value, bool)
+    return lambda value: _check_type(value, expected)
 
 
 def _check_type(value: object, expected: Any) -> bool:
@@ -108,15 +129,13 @@ class _Validated:
     """Mixin: check declared field types on construction, like h11's events."""
 
     def __post_init__(self) -> None:
-        _, spec = FRAME_TYPES[typing.cast(Frame, self).TYPE]
-        for name, expected in spec.items():
+        for name, is_valid, wanted in typing.cast(Frame, self)._checks:
             value = getattr(self, name)
-            if not _check_type(value, expected):
-                wanted = getattr(expected, "__name__", expected)
+            if not is_valid(value):
                 raise LocalProtocolError(
                     f"{type(self).__name__}.{name} must be {wanted}, not {type(value).__name__}"
                 )
-            if isinstance(value, list):
+            if value.__class__ is list:
                 object.__setattr__(self, name, tuple(value))
 
 
