@@ -91,7 +91,7 @@ class Server:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, self._on_signal)
-        log.info("serving %s on %s:%s", self.proto.value, *self.address)
+        log.debug("serving %s on %s:%s", self.proto.value, *self.address)
         try:
             self.transport.serve_forever()
         finally:
