@@ -51,7 +51,7 @@ from .protocol.frames import (
     Who,
     encode_frame,
 )
-from .protocol.limits import MAX_TEXT_CHARS
+from .protocol.limits import MAX_FRAME_BYTES, MAX_TEXT_CHARS
 from .protocol.render import render_text
 from .protocol.text import name_candidates, name_key, name_problem, sanitize_text
 
@@ -224,7 +224,7 @@ class Hub:
             self._by_session[id(session)] = member
             if self.fanout is not None:
                 self.fanout.add(session)
-            welcome = Welcome(name, self._names_locked(), self.server_name, self.motd)
+            welcome = Welcome(name, self._listed_names_locked(), self.server_name, self.motd)
             self._send_locked(member, welcome)
         log.info("%s joined from %s", name, session.peer)
         return welcome
@@ -286,7 +286,7 @@ class Hub:
         elif isinstance(frame, Nick):
             self._rename_locked(member, frame.name.strip())
         elif isinstance(frame, Who):
-            self._send_locked(member, UserList(self._names_locked()))
+            self._send_locked(member, UserList(self._listed_names_locked()))
         elif isinstance(frame, Help):
             self._send_locked(member, Info(HELP_TEXT))
         elif isinstance(frame, Ping):
@@ -385,6 +385,22 @@ class Hub:
 
     def _names_locked(self) -> tuple[str, ...]:
         return tuple(m.name for m in self._members.values())
+
+    def _listed_names_locked(self) -> tuple[str, ...]:
+        """The names for a ``users`` or ``welcome`` frame, cut to fit in one frame.
+
+        A thousand long non-Latin names encode to more than a frame may hold; rather
+        than fail to answer, the list ends with a ``"… N more"`` entry (not a name:
+        names cannot contain spaces).
+        """
+        names = self._names_locked()
+        budget = MAX_FRAME_BYTES // 2  # the frame's other fields and JSON quoting fit in the rest
+        used = 0
+        for index, name in enumerate(names):
+            used += len(name.encode()) + 3  # quotes and comma
+            if used > budget:
+                return (*names[:index], f"… {len(names) - index} more")
+        return names
 
     def _send_locked(self, member: Member, frame: Frame) -> None:
         self._deliver_locked([member], Outbound(frame))

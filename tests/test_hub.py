@@ -35,7 +35,7 @@ from netchat.protocol.frames import (
     Who,
     decode_frame,
 )
-from netchat.protocol.limits import MAX_TEXT_CHARS
+from netchat.protocol.limits import MAX_FRAME_BYTES, MAX_TEXT_CHARS
 from netchat.protocol.text import name_problem
 
 
@@ -559,3 +559,18 @@ def test_concurrent_senders_see_one_order(hub: Hub) -> None:
     for name in names:  # each sender's own messages stay in the order it sent them
         texts = [text for _, sender, text in orders[0] if sender == name]
         assert texts == [f"{name} {i}" for i in range(per_thread)]
+
+
+def test_a_user_list_too_long_for_one_frame_is_cut_with_a_count() -> None:
+    hub = Hub()
+    sessions = [FakeSession(f"s{i}") for i in range(1100)]
+    for i, session in enumerate(sessions):
+        hub.join(session, f"{i:04d}" + "界" * 20)  # 24 characters, 64 bytes of UTF-8
+    sessions[0].clear()
+    hub.handle(sessions[0], Who())
+    (users,) = sessions[0].of(UserList)
+    assert users.users[-1].startswith("… ") and users.users[-1].endswith(" more")
+    shown = len(users.users) - 1
+    assert users.users[-1] == f"… {1100 - shown} more"
+    assert users.users[:shown] == hub.names()[:shown]
+    assert len(Outbound(users).json) <= MAX_FRAME_BYTES  # it encodes: no error for /who
