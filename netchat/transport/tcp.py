@@ -145,6 +145,10 @@ class TcpConnection:
     def _take_locked(self) -> bytes:
         """Everything owed, in order: unsent leftovers, then frames queued on this
         connection, then what the shared stream log holds for it."""
+        if not self._queue and not self._backlog:  # the common case, once per flush
+            data = self.server.stream_log.take(self)
+            self._queued += len(data)
+            return data
         popleft = self._queue.popleft
         items = [popleft() for _ in range(len(self._queue))]  # more may arrive meanwhile
         if self.mode == "structured":
@@ -200,7 +204,9 @@ class TcpConnection:
                     self._sending = False
                     self._cond.notify()  # the writer takes over what is left
                     return True
-                data = self._take_locked()
+                # More may have come while we sent. The hint is cheap and never misses
+                # bytes appended before it; later ones come with a new flush request.
+                data = self._take_locked() if self._owed_locked() else b""
                 if not data:
                     self._sending = False
                     return True
