@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import queue
 import random
 import threading
 import time
@@ -36,6 +35,7 @@ from .errors import (
     Rejected,
     TransportError,
 )
+from .events import FrameInbox, call_handler
 from .protocol.commands import parse_input, split_command
 from .protocol.frames import (
     Error,
@@ -83,13 +83,6 @@ def make_client_transport(
     from .transport.tcp_client import TcpClientTransport
 
     return TcpClientTransport(host, port, connect_timeout=connect_timeout)
-
-
-class _Ended:
-    """Queued after the last event of a :meth:`Client.connect` client."""
-
-    def __init__(self, reason: str | None) -> None:
-        self.reason = reason
 
 
 class Client:
@@ -151,7 +144,7 @@ class Client:
         self._stop = threading.Event()  # interrupts reconnect backoff sleeps
         self._shutdown_reason: str | None = None
         self._reconnects = 0
-        self._events: queue.Queue[Frame | _Ended] | None = None
+        self._events: FrameInbox | None = None
 
     # --- ChatEndpoint ----------------------------------------------------------------
 
@@ -272,9 +265,9 @@ class Client:
             Rejected: the server refused the join.
         """
         client = cls(name, host, port, proto, **options)  # type: ignore[arg-type]
-        events: queue.Queue[Frame | _Ended] = queue.Queue()
+        events = FrameInbox()
         client._events = events
-        client.start(events.put, lambda reason: events.put(_Ended(reason)))
+        client.start(events.put, lambda reason: events.end(reason or "session ended"))
         return client
 
     def next_event(self, timeout: float | None = None) -> Frame | None:
@@ -287,14 +280,7 @@ class Client:
         """
         if self._events is None:
             raise NetchatError("next_event() needs a client made by Client.connect()")
-        try:
-            item = self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if isinstance(item, _Ended):
-            self._events.put(item)  # keep answering "ended" to later calls
-            raise ConnectionClosed(item.reason or "session ended")
-        return item
+        return self._events.get(timeout)
 
     def events(self, *, max_events: int = 0, duration: float = 0) -> Iterator[Frame]:
         """Received frames, for a bot's main loop; ``0`` means no bound.
@@ -466,24 +452,12 @@ class Client:
         transport = self._transport
         if transport is not None:
             transport.close()
-        on_closed = self._on_closed
-        if on_closed is not None:
-            try:
-                on_closed(reason)
-            except Exception:
-                log.exception("on_closed handler failed")
+        call_handler(self._on_closed, reason, log)
         # Set last, so whoever wait()s sees the effects of on_closed.
         self._ended.set()
 
     def _emit(self, frame: Frame) -> None:
-        on_event = self._on_event
-        if on_event is None:
-            return
-        try:
-            on_event(frame)
-        except Exception:
-            # A broken handler must not kill the receiver (and with it the session).
-            log.exception("event handler failed on a %s frame", frame.TYPE)
+        call_handler(self._on_event, frame, log)
 
     def _stats_text(self) -> str:
         stats = self.stats()

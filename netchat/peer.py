@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import CommandError, ConnectError, ConnectionClosed, Rejected, RemoteProtocolError
+from .events import call_handler
 from .protocol import datagram as dg
 from .protocol.commands import HELP_TEXT, parse_input, split_command
 from .protocol.frames import (
@@ -533,13 +534,7 @@ class Peer:
     # --- plumbing ------------------------------------------------------------------------
 
     def _emit(self, frame: Frame) -> None:
-        on_event = self._on_event
-        if on_event is None:
-            return
-        try:
-            on_event(frame)
-        except Exception:
-            log.exception("event handler failed on a %s frame", frame.TYPE)
+        call_handler(self._on_event, frame, log)
 
     def _finish(self, reason: str | None) -> None:
         with self._lock:
@@ -548,12 +543,7 @@ class Peer:
             self._finishing = True
         if self._sock is not None:
             self._sock.close()
-        on_closed = self._on_closed
-        if on_closed is not None:
-            try:
-                on_closed(reason)
-            except Exception:
-                log.exception("on_closed handler failed")
+        call_handler(self._on_closed, reason, log)
         self._ended.set()
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import queue
 import socket
 import threading
 import time
@@ -33,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from ..errors import ConnectError, ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from ..events import FrameInbox
 from ..protocol import datagram as dg
 from ..protocol.frames import Error, Frame, Hello, Info, Quit, Welcome, decode_frame, encode_frame
 from ..protocol.limits import MAX_DATAGRAM_BYTES
@@ -49,13 +49,6 @@ JOIN_ATTEMPTS = 10
 MAX_EARLY_DATAGRAMS = 64
 #: Largest encoded frame we send: it must fit in one datagram with its header.
 MAX_REQUEST_BYTES = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
-
-
-class _Closed:
-    """Queued last: every later :meth:`UdpClientTransport.receive` raises with ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
 
 
 def lost_notice(count: int) -> Info:
@@ -90,7 +83,7 @@ class UdpClientTransport:
         self._clock = clock
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self._frames: queue.Queue[Frame | _Closed] = queue.Queue()
+        self._frames = FrameInbox()
         self._thread: threading.Thread | None = None
         self._cookie = dg.NO_COOKIE
         self._hello: bytes | None = None  # the join, until the server answers it
@@ -204,14 +197,7 @@ class UdpClientTransport:
             self._counters["quit"] = 1
 
     def receive(self, timeout: float | None = None) -> Frame | None:
-        try:
-            item = self._frames.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if isinstance(item, _Closed):
-            self._frames.put(item)  # keep answering "closed" to later calls
-            raise ConnectionClosed(item.reason)
-        return item
+        return self._frames.get(timeout)
 
     def close(self) -> None:
         """Tell the server we are leaving (if it does not know yet) and stop. Idempotent."""
@@ -282,7 +268,7 @@ class UdpClientTransport:
             if self._ended:
                 return
             self._ended = True
-        self._frames.put(_Closed(reason))
+        self._frames.end(reason)
 
     def _receive_loop(self) -> None:
         sock = self._sock
