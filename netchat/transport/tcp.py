@@ -89,8 +89,9 @@ class TcpConnection:
             f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
         )
         self.mode: Mode = "unknown"
-        # Frames (or raw bytes) delivered but not yet encoded. deque.append and
-        # popleft are atomic, so the hub appends without taking any lock.
+        # Frames (or raw bytes) for this connection alone, not yet encoded: the
+        # greeting, refusals, pings, errors before joining. deque.append and popleft
+        # are atomic, so appending takes no lock.
         self._queue: deque[Outbound | bytes] = deque()
         # The Session's deliver(): members get their frames through the stream log;
         # the hub delivers here only to a connection that has not joined (an error
@@ -98,7 +99,7 @@ class TcpConnection:
         self.deliver: Callable[[Outbound], None] = self._queue.append
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._backlog: list[bytes] = []  # encoded, waiting for a sender
+        self._backlog: list[bytes] = []  # the unsent rest of a partial send
         self._queued = 0  # bytes in _backlog plus bytes a sender took but has not sent
         self._closing = False
         self._overflowed = False
