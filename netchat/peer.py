@@ -202,7 +202,9 @@ class Peer:
         counters["duplicates"] = counters.get("duplicates_gone", 0) + sum(
             t.duplicates for t in trackers
         )
-        counters["reordered"] = counters.get("reordered_gone", 0) + sum(t.reordered for t in trackers)
+        counters["reordered"] = counters.get("reordered_gone", 0) + sum(
+            t.reordered for t in trackers
+        )
         for gone in ("lost_gone", "duplicates_gone", "reordered_gone"):
             counters.pop(gone, None)
         return counters
@@ -249,7 +251,9 @@ class Peer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise ConnectError(f"cannot join {self.group}:{self.port}: {exc.strerror or exc}") from exc
+            raise ConnectError(
+                f"cannot join {self.group}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         except BaseException:
             sock.close()
             raise

@@ -45,7 +45,20 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 # Any Unicode scalar value (no lone surrogates: a str holding one is not UTF-8-encodable),
 # with Cyrillic, CJK, emoji and ZWJ sequences mixed in on purpose.
 SPECIAL = st.sampled_from(
-    ["Привет, мир", "добрый вечер", "你好", "👋", "👩‍👩‍👧", "🏳️‍🌈", "e\u0301", "\n", "\r\n", '"', "\\", "\u2028"]
+    [
+        "Привет, мир",
+        "добрый вечер",
+        "你好",
+        "👋",
+        "👩‍👩‍👧",
+        "🏳️‍🌈",
+        "e\u0301",
+        "\n",
+        "\r\n",
+        '"',
+        "\\",
+        "\u2028",
+    ]
 )
 TEXT = st.lists(
     st.text(st.characters(exclude_categories=("Cs",)), max_size=20) | SPECIAL, max_size=6
@@ -81,7 +94,9 @@ JSON_VALUES = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -351,10 +366,14 @@ def test_decode_arbitrary_json_objects(frame: Frame, data: st.DataObject) -> Non
         (b'{"v":1,"t":"message","sender":"a","text":"b","ts":Infinity,"seq":1}', "malformed"),
         (b'{"v":1,"t":"message","sender":"a","text":"b","ts":-Infinity,"seq":1}', "malformed"),
         (b'{"v":1,"t":"message","sender":"a","text":"b","ts":1e400,"seq":1}', "malformed"),
-        (b'{"v":1,"t":"message","sender":"a","text":"b","ts":1' + b"0" * 400 + b',"seq":1}',
-         "malformed"),
-        (b'{"v":1,"t":"message","sender":"a","text":"b","ts":1,"seq":1' + b"0" * 5000 + b"}",
-         "malformed"),  # Python's int-digits limit raises ValueError inside json
+        (
+            b'{"v":1,"t":"message","sender":"a","text":"b","ts":1' + b"0" * 400 + b',"seq":1}',
+            "malformed",
+        ),
+        (
+            b'{"v":1,"t":"message","sender":"a","text":"b","ts":1,"seq":1' + b"0" * 5000 + b"}",
+            "malformed",
+        ),  # Python's int-digits limit raises ValueError inside json
         (b'{"v":1,"t":"message","sender":"a","text":"b","ts":1,"seq":1.0}', "malformed"),
         (b'{"v":1,"t":"message","sender":"a","text":"b","ts":1,"seq":true}', "malformed"),
         (b'{"v":1,"t":"say"}', "malformed"),

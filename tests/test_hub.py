@@ -163,7 +163,13 @@ def test_suggestion_skips_taken_names(hub: Hub) -> None:
 
 @pytest.mark.parametrize(
     ("bad", "suggestion"),
-    [("", "guest2"), ("a b", "a_b2"), ("-x", "x2"), ("x" * 30, "x" * 23 + "2"), ("\x1b[2Jeve", "eve2")],
+    [
+        ("", "guest2"),
+        ("a b", "a_b2"),
+        ("-x", "x2"),
+        ("x" * 30, "x" * 23 + "2"),
+        ("\x1b[2Jeve", "eve2"),
+    ],
 )
 def test_bad_name_is_rejected_with_a_valid_suggestion(hub: Hub, bad: str, suggestion: str) -> None:
     with pytest.raises(Rejected) as info:
@@ -317,8 +323,13 @@ def test_rename(hub: Hub, events: list[dict[str, Any]]) -> None:
         assert (renamed.old, renamed.new) == ("bob", "robert")
     assert hub.names() == ("alice", "robert")
     assert hub.member_name(bob) == "robert"
-    assert events[-1] == {"event": "rename", "old": "bob", "new": "robert", "ts": renamed.ts,
-                          "seq": renamed.seq}
+    assert events[-1] == {
+        "event": "rename",
+        "old": "bob",
+        "new": "robert",
+        "ts": renamed.ts,
+        "seq": renamed.seq,
+    }
     # The new name is used from now on, and the old one is free.
     hub.handle(bob, Say("hi"))
     assert alice.of(Message)[0].sender == "robert"
@@ -385,8 +396,9 @@ def test_leave_is_idempotent(hub: Hub) -> None:
     hub.leave(bob, "lost")
     hub.leave(bob)
     hub.leave(FakeSession())  # never joined
-    assert alice.frames == [Left("bob", alice.frames[0].ts, alice.frames[0].seq, "lost",
-                                 "connection reset")]
+    assert alice.frames == [
+        Left("bob", alice.frames[0].ts, alice.frames[0].seq, "lost", "connection reset")
+    ]
     hub.handle(bob, Say("ghost"))
     assert alice.of(Message) == []
     assert bob.of(Error)[0].code == "not-joined"
@@ -406,8 +418,13 @@ def test_report_error(hub: Hub, events: list[dict[str, Any]]) -> None:
     session = FakeSession()
     hub.report_error(session, "rate-limited", "slow down")
     assert session.frames == [Error("rate-limited", "slow down")]
-    assert events[-1] == {"event": "error", "name": None, "peer": session.peer,
-                          "code": "rate-limited", "text": "slow down"}
+    assert events[-1] == {
+        "event": "error",
+        "name": None,
+        "peer": session.peer,
+        "code": "rate-limited",
+        "text": "slow down",
+    }
 
 
 # --- slow members ------------------------------------------------------------------------
@@ -501,12 +518,26 @@ def test_event_sink_gets_json_able_dicts(hub: Hub, events: list[dict[str, Any]])
     hub.leave(bob, "lost")
     hub.shutdown()
     kinds = [e["event"] for e in events]
-    assert kinds == ["join", "join", "message", "message", "private", "rename", "error",
-                     "leave", "shutdown"]
+    assert kinds == [
+        "join",
+        "join",
+        "message",
+        "message",
+        "private",
+        "rename",
+        "error",
+        "leave",
+        "shutdown",
+    ]
     for event in events:
         assert json.loads(json.dumps(event, ensure_ascii=False)) == event
-    assert events[0] == {"event": "join", "name": "alice", "peer": "10.0.0.1:4000",
-                         "ts": events[0]["ts"], "seq": events[0]["seq"]}
+    assert events[0] == {
+        "event": "join",
+        "name": "alice",
+        "peer": "10.0.0.1:4000",
+        "ts": events[0]["ts"],
+        "seq": events[0]["seq"],
+    }
     assert events[2]["sender"] == "alice" and events[2]["text"] == "привет 👋"
     assert events[3]["action"] is True
     assert events[4]["to"] == "Боб"

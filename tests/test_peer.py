@@ -132,7 +132,9 @@ def test_private_messages_reach_only_their_target(
     assert c.count("psst") == 0
 
 
-def test_leaving_and_timing_out(make_peer: Callable[..., tuple[Peer, Recorder]], group_port: int) -> None:
+def test_leaving_and_timing_out(
+    make_peer: Callable[..., tuple[Peer, Recorder]], group_port: int
+) -> None:
     (_, a), (bob, b) = make_peer("alice"), make_peer("bob")
     a.wait_line("* bob joined")
     bob.send_line("/quit")

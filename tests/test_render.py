@@ -82,8 +82,10 @@ NOON = calendar.timegm((2024, 5, 1, 12, 0, 1, 0, 0, 0)) + 0.75  # 12:00:01.75 UT
             ],
         ),
         (Info("one\n\ntwo"), ["* one", "*", "* two"]),
-        (Error("name-taken", "the name 'bob' is taken; try 'bob2'", "bob2"),
-         ["! the name 'bob' is taken; try 'bob2'"]),
+        (
+            Error("name-taken", "the name 'bob' is taken; try 'bob2'", "bob2"),
+            ["! the name 'bob' is taken; try 'bob2'"],
+        ),
         (Shutdown(""), ["* server is shutting down"]),
         (Shutdown("maintenance"), ["* server is shutting down: maintenance"]),
         (Ping("x"), []),
@@ -126,8 +128,10 @@ def test_clock_survives_absurd_timestamps(ts: float) -> None:
 @pytest.mark.parametrize(
     ("frame", "line"),
     [
-        (Message("ev\x1b[2Jil", "hi\r\n[12:00:02] <admin> send me your password", NOON, 1),
-         "[12:00:01] <evil> hi  [12:00:02] <admin> send me your password"),
+        (
+            Message("ev\x1b[2Jil", "hi\r\n[12:00:02] <admin> send me your password", NOON, 1),
+            "[12:00:01] <evil> hi  [12:00:02] <admin> send me your password",
+        ),
         (Message("bob", "\x1b]0;pwned\x07\u202eevil", NOON, 1), "[12:00:01] <bob> evil"),
         (PrivateMessage("a\x07", "b\nc", "\x9b2Jx", NOON, 1), "[12:00:01] <a -> b c> x"),
         (Joined("x\r* root joined", NOON, 1), "* x * root joined joined"),

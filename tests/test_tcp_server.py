@@ -84,11 +84,15 @@ def test_sender_name_is_the_servers_record(make_server: ServerFactory) -> None:
     assert alice.expect(r"> hi$").endswith("<bob> hi")
 
 
-def test_control_characters_and_escapes_never_reach_other_terminals(make_server: ServerFactory) -> None:
+def test_control_characters_and_escapes_never_reach_other_terminals(
+    make_server: ServerFactory,
+) -> None:
     address = make_server().address
     alice = plain_client(address, "alice")
     mallory = frame_client(address, "mallory")
-    mallory.send_frame(Say("x\n[12:00:00] <alice> forged\x1b[2J\x1b]0;owned\x07\u202eevil\r\x07end"))
+    mallory.send_frame(
+        Say("x\n[12:00:00] <alice> forged\x1b[2J\x1b]0;owned\x07\u202eevil\r\x07end")
+    )
     line = alice.expect(r"<mallory>")
     assert line.endswith("<mallory> x [12:00:00] <alice> forgedevil end")
     assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in line)
@@ -103,7 +107,11 @@ def test_private_messages_reach_only_their_target(make_server: ServerFactory) ->
     alice.send_line("/msg bob the password is swordfish")
     private = bob.next_frame(PrivateMessage)
     assert isinstance(private, PrivateMessage)
-    assert (private.sender, private.to, private.text) == ("alice", "bob", "the password is swordfish")
+    assert (private.sender, private.to, private.text) == (
+        "alice",
+        "bob",
+        "the password is swordfish",
+    )
     alice.expect(r"<alice -> bob> the password is swordfish$")  # the sender's own echo
     alice.send_line("public now")
     seen_by_eve = []
@@ -180,7 +188,13 @@ def test_bad_input_gets_an_error_and_the_connection_survives(make_server: Server
     plain.send(b"x" * 70_000 + b"\n")
     plain.expect(r"^! line dropped: longer than 65536 bytes")
 
-    for bad in (b"{not json", b"[1,2]", b'{"v":9,"t":"say","text":"x"}', b'{"v":1,"t":"zap"}', b'{"v":1,"t":"say"}'):
+    for bad in (
+        b"{not json",
+        b"[1,2]",
+        b'{"v":9,"t":"say","text":"x"}',
+        b'{"v":1,"t":"zap"}',
+        b'{"v":1,"t":"say"}',
+    ):
         structured.send(bad + b"\n")
         error = structured.next_frame(Error)
         assert isinstance(error, Error) and error.code in {"malformed", "version", "unknown-type"}

@@ -388,7 +388,14 @@ def test_client_reports_loss_drops_duplicates_and_reorders() -> None:
             if frame is not None:
                 frames.append(frame)
         texts = [render_lines(f)[0].split("] ")[-1] for f in frames]
-        assert texts[1:] == ["<srv> m2", "<srv> m3", "* 2 messages lost", "<srv> m6", "<srv> m7", "<srv> m8"]
+        assert texts[1:] == [
+            "<srv> m2",
+            "<srv> m3",
+            "* 2 messages lost",
+            "<srv> m6",
+            "<srv> m7",
+            "<srv> m8",
+        ]
         stats = client.stats()
         assert (stats["lost"], stats["duplicates"], stats["reordered"]) == (2, 2, 1)
     finally:

@@ -116,7 +116,9 @@ class LineClient:
 
     def reset(self) -> None:
         """Close abruptly with a TCP RST, as a crashed client or pulled cable would."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
         self.sock.close()
 
 

@@ -279,7 +279,9 @@ def decode_datagram(data: bytes) -> Datagram:
     try:
         kind = Kind(kind_byte)
     except ValueError:
-        raise RemoteProtocolError(f"unknown datagram kind {kind_byte}", code="unknown-kind") from None
+        raise RemoteProtocolError(
+            f"unknown datagram kind {kind_byte}", code="unknown-kind"
+        ) from None
     header = HEADERS[kind]
     if len(data) < header.size:
         raise _malformed(f"truncated {kind.name} datagram")
