@@ -53,6 +53,7 @@ from typing import Literal
 
 from ..errors import CommandError, FrameTooLarge, ProtocolError, Rejected
 from ..hub import Hub, Outbound
+from ..protocol.banner import banner_line
 from ..protocol.commands import parse_input
 from ..protocol.frames import Error, Frame, Hello, Ping, Pong, Shutdown, decode_frame
 from ..protocol.ratelimit import TokenBucket
@@ -75,7 +76,7 @@ _FLUSH_EVERY = 64
 def _greeting(config: ServerConfig) -> bytes:
     # One complete line: a structured client reads lines and skips non-JSON ones
     # before its welcome, so the greeting must never leave a partial line behind.
-    return f"Welcome to {config.server_name}! Type your name and press Enter:\r\n".encode()
+    return banner_line(config.server_name)
 
 
 class TcpConnection:
