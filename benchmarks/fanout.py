@@ -97,8 +97,14 @@ class Result:
         return 100.0 * self.received / self.expected if self.expected else 0.0
 
 
+def checkout_of(target: str) -> Path:
+    """``netchat@DIR`` runs the netchat checkout in DIR (to compare two versions in
+    one run); plain ``netchat`` runs this one."""
+    return Path(target.partition("@")[2] or HERE.parent)
+
+
 def server_command(target: str, port: int) -> list[str]:
-    if target == "netchat":
+    if target.partition("@")[0] == "netchat":
         # --max-queue as the select server's 16 MiB limit, so no target drops a client
         # that the others would keep.
         flags = "--max-clients 5000 --max-per-address 0 --rate-limit 0 --max-queue 16777216 --log-level WARNING"
@@ -368,13 +374,13 @@ def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
 
 
 def run_target(target: str, w: Workload, logdir: Path) -> Result:
-    port, log = free_port(), logdir / f"{target}.log"
+    port, log = free_port(), logdir / (target.replace("/", "_") + ".log")
     with log.open("wb") as logf:
         cmd = server_command(target, port)
         try:
             # cwd: `python -m netchat` then runs this checkout, installed or not.
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd=HERE.parent
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd=checkout_of(target)
             )
         except OSError as exc:  # e.g. ncat not installed: a row saying so, not a crash
             return Result(target, w.clients, error=f"cannot start {cmd[0]}: {exc}")
@@ -487,7 +493,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=60.0, help="wait after last send (s)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
-    bad = set(args.targets.split(",")) - set(TARGETS)
+    bad = {t for t in args.targets.split(",") if t.partition("@")[0] not in TARGETS}
     if bad or not 1 <= args.senders <= args.clients:
         p.error(f"unknown targets {sorted(bad)}" if bad else "need 1 <= senders <= clients")
     return args

@@ -8,8 +8,9 @@ after it (``netchat server --proto udp``); the one after the command wins.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
+import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Annotated
 import typer
 
 from . import __version__
+from .errors import ConfigError, NetchatError
+from .logqueue import setup_queued_logging
 from .transport.base import DEFAULT_HOST, DEFAULT_PORT, ChatEndpoint, Proto, ServerConfig
 
 app = typer.Typer(
@@ -97,11 +100,17 @@ def _globals(ctx: typer.Context) -> GlobalOptions:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Through a queue: a blocked stderr must not stall the server's threads.
+    setup_queued_logging(level)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-files limit to the hard one: each client costs a descriptor,
+    and the common default of 1024 would cap a server below ``--max-clients``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):  # not permitted here
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _fail(message: str) -> typer.Exit:
@@ -149,7 +158,7 @@ def server(
     chosen = proto or options.proto
     # A server operator wants to see joins and leaves; a chat user does not.
     _setup_logging(log_level or options.log_level or "INFO")
-    config = ServerConfig(
+    config = _server_config(
         host=host,
         port=port,
         max_clients=max_clients,
@@ -161,8 +170,11 @@ def server(
         ping_interval=ping_interval,
         motd=motd,
     )
+    raise_fd_limit()
     try:
         chat_server = Server(config, chosen, event_log=event_log)
+    except NetchatError as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         # os.strerror, not exc.strerror: socket.create_server appends the address to it.
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
@@ -228,6 +240,15 @@ def peer(
         name, group=group, port=port, interface=interface, broadcast=broadcast, ttl=ttl
     )
     raise typer.Exit(run_console(endpoint, plain=plain, color=color_allowed(no_color)))
+
+
+def _server_config(**fields: object) -> ServerConfig:
+    try:
+        return ServerConfig(**fields)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        # Name the option the user typed, not the library's field.
+        option = "--" + exc.field.replace("_", "-")
+        raise typer.BadParameter(str(exc).replace(exc.field, option, 1)) from None
 
 
 def _require_name(name: str | None, plain: bool) -> str:

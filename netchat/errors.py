@@ -42,6 +42,17 @@ class FrameTooLarge(RemoteProtocolError):
     code = "too-large"
 
 
+class ConfigError(NetchatError, ValueError):
+    """A configuration value that cannot work (``ping_interval=0``, a negative limit).
+
+    ``field`` names the setting, so a CLI can name its option instead.
+    """
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class CommandError(NetchatError):
     """A ``/command`` line that cannot be parsed (unknown command, missing argument)."""
 

@@ -2,19 +2,27 @@
 
 Strategy
 --------
-Transports (TCP, the UDP relay) turn bytes into request frames and hand them to
-:meth:`Hub.handle` together with their :class:`Session`, the hub's only view of a
-connection. The hub stamps every event with the sender's name *as the hub records it*
-(what a client claims is never trusted), a server timestamp and a sequence number,
-and routes it by calling :meth:`Session.deliver`, which must only enqueue.
+Sessions (:mod:`netchat.session`) turn what a client sends into request frames and
+hand them to the hub together with their :class:`Member`, the hub's record of a
+joined user. The hub stamps every event with the sender's name *as the hub records
+it* (what a client claims is never trusted), a server timestamp and a sequence
+number, and routes it.
 
-One lock guards the member table and the sequence counter, and deliveries happen
-while it is held: every member therefore sees every event in the same order, which is
-the order of ``seq``. This is cheap because delivering is an enqueue; the slow part,
-writing to sockets, happens on each connection's own writer thread.
+There is one delivery path, the :class:`~netchat.streamlog.StreamLog`: a broadcast is
+encoded once per wire format and appended once; a frame for one member is a patch at
+its place in that member's stream. Sessions take what their member is owed when
+their transport is ready to send. One lock guards the member table, the sequence
+counter and the appends, so every member sees every event in the same order, the
+order of ``seq``. Nothing under that lock does I/O: appending is memory work, and
+event-log records and log lines are handed to queues or written after the lock is
+released, so a slow disk or a blocked stderr never stalls the chat.
 
-An :class:`Outbound` wraps a frame and caches its encodings, so a broadcast to a
-thousand members encodes the frame once per wire format, not once per member.
+When users arrive or leave faster than :attr:`Hub.presence_burst` a second (a class
+of 2000 connecting at once), one ``joined`` notice per arrival sent to every member
+would cost O(N²). The hub then gathers arrivals and departures and announces them in
+one :class:`~netchat.protocol.frames.Presence` notice every :data:`PRESENCE_DELAY`
+seconds, as large IRC networks collapse join floods. A gathered notice is always
+sent before anything else is broadcast, so nobody speaks before being announced.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from .errors import Rejected
 from .protocol.commands import HELP_TEXT
@@ -40,9 +49,9 @@ from .protocol.frames import (
     Nick,
     Ping,
     Pong,
+    Presence,
     Private,
     PrivateMessage,
-    Quit,
     Renamed,
     Say,
     Shutdown,
@@ -54,20 +63,26 @@ from .protocol.frames import (
 from .protocol.limits import MAX_FRAME_BYTES, MAX_TEXT_CHARS
 from .protocol.render import render_text
 from .protocol.text import name_candidates, name_key, name_problem, sanitize_text
+from .streamlog import Cursor, StreamLog, WireFormat
 
 log = logging.getLogger("netchat.hub")
 
-EventSink = Callable[[dict[str, Any]], None]
+#: Called with one JSON-able record per chat event (see :mod:`netchat.eventlog`).
+RecordSink = Callable[[dict[str, Any]], None]
+
+#: Seconds arrivals and departures are gathered into one notice during a storm.
+PRESENCE_DELAY = 0.25
+#: Names listed in a welcome; ``/who`` lists everyone (up to a frame's size).
+WELCOME_NAMES = 100
 
 
 class Outbound:
     """A frame on its way out, with its wire encodings computed at most once each.
 
-    ``json`` is the frame as one JSON line (structured clients), ``text`` as readable
-    ``\r\n`` lines (``nc``/``telnet`` clients). Each is computed on first access and
-    then stored in its slot, so every later access, once per member per message, is a
-    plain attribute read. Two threads may race to fill a slot; both compute the same
-    bytes, so the race is harmless and cheaper than a lock.
+    ``json`` is the frame as one JSON line (structured clients, datagrams), ``text``
+    as readable ``\\r\\n`` lines (``nc``/``telnet`` clients). Each is computed on first
+    access and then stored in its slot. Two threads may race to fill a slot; both
+    compute the same bytes, so the race is harmless and cheaper than a lock.
     """
 
     __slots__ = ("frame", "json", "text")
@@ -89,66 +104,18 @@ class Outbound:
         return value
 
 
-class Session(Protocol):
-    """What the hub needs of a connection. Transports implement it."""
-
-    @property
-    def peer(self) -> str:
-        """The remote address, for logs."""
-        ...
-
-    def deliver(self, out: Outbound) -> bool | None:
-        """Queue ``out`` for sending without blocking.
-
-        Returns:
-            False when the session cannot keep up (its backlog passed its limit); the
-            hub then removes it as ``dropped``. Anything else (True, None) means
-            queued, so a transport may use a bare ``deque.append`` as ``deliver``.
-        """
-        ...
-
-    def close(self, reason: str) -> None:
-        """Finish sending what is queued, then disconnect. Must not block."""
-        ...
-
-
-class Fanout(Protocol):
-    """A transport's shared send path, used instead of one ``deliver`` per member.
-
-    A stream transport can keep each broadcast once for all members (see
-    :class:`~netchat.transport.streamlog.StreamLog`) instead of queueing it per member.
-    When :attr:`Hub.fanout` is set, the hub sends members everything through it;
-    sessions that are not members still get ``deliver``. Every method is called with
-    the hub's lock held, so calls arrive in event order.
-    """
-
-    def add(self, session: Session) -> None:
-        """``session`` became a member: it is owed every broadcast from now on."""
-        ...
-
-    def remove(self, session: Session) -> None:
-        """``session`` is no longer a member: owed nothing broadcast from now on."""
-        ...
-
-    def broadcast(self, out: Outbound) -> None:
-        """Every current member is owed ``out``."""
-        ...
-
-    def send(self, session: Session, out: Outbound) -> bool:
-        """``session`` alone is owed ``out``; False if it is not a member."""
-        ...
-
-
 class Member:
-    """A session that has joined under a name."""
+    """A joined user: its name, where it connects from, and its place in the stream."""
 
-    __slots__ = ("deliver", "joined_at", "name", "session")
+    __slots__ = ("cursor", "joined_at", "name", "peer", "present")
 
-    def __init__(self, name: str, session: Session, joined_at: float) -> None:
+    def __init__(self, name: str, peer: str, cursor: Cursor, joined_at: float) -> None:
         self.name = name
-        self.session = session
+        self.peer = peer
+        self.cursor = cursor
         self.joined_at = joined_at
-        self.deliver = session.deliver  # bound once: broadcasts call it per member
+        #: False once it has left (or was removed): the hub ignores its requests
+        self.present = True
 
 
 class Hub:
@@ -158,8 +125,12 @@ class Hub:
         server_name: shown in the welcome frame.
         motd: message of the day, shown to each joining user.
         clock: wall-clock time source for timestamps (injectable for tests).
-        event_sink: called with one JSON-able dict per event (joins, leaves,
-            messages, renames, errors), e.g. an :class:`~netchat.eventlog.EventLog`.
+        monotonic: time source for :attr:`presence_burst` (injectable for tests).
+        record: called with one JSON-able dict per event (joins, leaves, messages,
+            renames, errors), e.g. an :class:`~netchat.eventlog.EventLog`; it must
+            not block (the event log queues).
+        presence_burst: arrivals plus departures within one second above which they
+            are gathered into :class:`~netchat.protocol.frames.Presence` notices.
     """
 
     def __init__(
@@ -168,178 +139,237 @@ class Hub:
         server_name: str = "netchat",
         motd: str = "",
         clock: Callable[[], float] = time.time,
-        event_sink: EventSink | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        record: RecordSink | None = None,
+        presence_burst: int = 16,
     ) -> None:
         self.server_name = server_name
         self.motd = motd
+        self.presence_burst = presence_burst
         self._clock = clock
-        self._event_sink = event_sink
+        self._monotonic = monotonic
+        self._record = record
         self._lock = threading.Lock()
-        self._members: dict[str, Member] = {}  # name_key -> member
-        self._by_session: dict[int, Member] = {}  # id(session) -> member
+        self._members: dict[str, Member] = {}  # name_key -> member, in joining order
         self._seq = 0
-        #: set by a transport that sends through a shared fan-out (see :class:`Fanout`)
-        self.fanout: Fanout | None = None
+        self._closed = False
+        self._log = StreamLog()
+        # Recent arrival/departure times, and what is gathered while they come fast.
+        self._presence_times: deque[float] = deque(maxlen=max(1, presence_burst))
+        self._gathered_since: float | None = None
+        self._gathered_joined: list[str] = []
+        self._gathered_left: list[str] = []
 
     # --- queries -----------------------------------------------------------------
 
     def names(self) -> tuple[str, ...]:
-        """Names of the members, in joining order."""
+        """Names of the members, in joining order (a renamed member moves to the end)."""
         with self._lock:
-            return self._names_locked()
-
-    def member_name(self, session: Session) -> str | None:
-        """The name ``session`` joined under, or ``None`` if it has not joined."""
-        with self._lock:
-            member = self._by_session.get(id(session))
-            return member.name if member else None
+            return tuple(m.name for m in self._members.values())
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._members)
 
+    # --- what a member is owed (the sessions' side of the stream log) ----------------
+
+    def take(self, member: Member) -> bytes:
+        """Everything ``member`` is owed, in order, in its wire format."""
+        return self._log.take(member.cursor)
+
+    def owed(self, member: Member) -> int:
+        """Bytes ``member`` is owed and has not taken."""
+        return self._log.owed(member.cursor)
+
+    def may_owe(self, member: Member) -> bool:
+        """A lock-free hint that :meth:`take` would return something."""
+        return self._log.may_owe(member.cursor)
+
+    def release(self, member: Member) -> None:
+        """``member``'s connection is gone: forget what it is still owed."""
+        self._log.close(member.cursor)
+
     # --- lifecycle ---------------------------------------------------------------
 
-    def join(self, session: Session, name: str) -> Welcome:
-        """Add ``session`` as ``name``, greet it and tell everyone else.
+    def join(self, name: str, *, peer: str, wire_format: WireFormat) -> Member:
+        """Add a user called ``name``, welcome it and tell everyone else.
+
+        Args:
+            name: the name asked for (surrounding white space is ignored).
+            peer: where the user connects from, for logs and the event log.
+            wire_format: how the member's frames are encoded.
 
         Raises:
-            Rejected: the name is invalid (``bad-name``) or taken (``name-taken``);
-                ``suggestion`` holds a free alternative.
+            Rejected: the name is invalid (``bad-name``) or taken (``name-taken``),
+                with a free alternative in ``suggestion``; or the server is
+                shutting down (``shutting-down``).
         """
         name = name.strip()
         with self._lock:
-            if id(session) in self._by_session:
-                raise Rejected("you have already joined", code="already-joined")
+            if self._closed:
+                raise Rejected("the server is shutting down", code="shutting-down")
             self._check_name_locked(name)
-            # Announce first, then add and welcome: should the welcome not fit in the
-            # new session's backlog, its "dropped" departure then follows its arrival
-            # for everyone else; and a member dropped by the announcement is already
-            # gone from the welcome's user list, so the newcomer never hears of it.
-            seq, ts = self._stamp_locked()
-            self._broadcast_locked(Joined(name, ts, seq))
-            self._emit("join", name=name, peer=session.peer, ts=ts, seq=seq)
-            member = Member(name, session, ts)
+            # Announce first, then add and welcome: the newcomer is not told of its
+            # own arrival, and its welcome lists everyone who is in.
+            now = self._monotonic()
+            if self._storming_locked(now):
+                self._gather_locked(now, joined=name)
+                seq, ts = None, self._clock()
+            else:
+                seq, ts = self._stamp_locked()
+                self._broadcast_locked(Joined(name, ts, seq))
+            member = Member(name, peer, self._log.open(wire_format), ts)
             self._members[name_key(name)] = member
-            self._by_session[id(session)] = member
-            if self.fanout is not None:
-                self.fanout.add(session)
-            welcome = Welcome(name, self._listed_names_locked(), self.server_name, self.motd)
-            self._send_locked(member, welcome)
-        log.info("%s joined from %s", name, session.peer)
-        return welcome
+            self._log.patch(member.cursor, Outbound(self._welcome_locked(name)))
+            self._emit("join", name=name, peer=peer, ts=ts, seq=seq)
+        log.info("%s joined from %s", name, peer)
+        return member
 
-    def leave(self, session: Session, reason: str = "quit", detail: str = "") -> None:
-        """Remove ``session`` if it joined and tell the others. Idempotent."""
+    def leave(self, member: Member, reason: str = "quit", detail: str = "") -> None:
+        """Remove ``member`` and tell the others. Idempotent.
+
+        ``reason`` is one of quit, lost, timeout, dropped (see the ``left`` frame).
+        """
         with self._lock:
-            self._leave_locked(session, reason, detail)
+            if not member.present:
+                return
+            self._remove_locked(member)
+            now = self._monotonic()
+            if self._storming_locked(now) or member.name in self._gathered_joined:
+                self._gather_locked(now, left=member.name)
+                seq, ts = None, self._clock()
+            else:
+                seq, ts = self._stamp_locked()
+                self._broadcast_locked(Left(member.name, ts, seq, reason, detail))
+            self._emit("leave", name=member.name, reason=reason, detail=detail, ts=ts, seq=seq)
+        log.info("%s left (%s%s)", member.name, reason, f": {detail}" if detail else "")
 
     def shutdown(self, reason: str = "") -> None:
-        """Tell every member the server is going away and close their sessions."""
+        """Tell every member the server is going away, once, after everything they
+        are already owed, and refuse further joins."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._announce_gathered_locked()
+            self._log.broadcast(Outbound(Shutdown(reason)))
             members = list(self._members.values())
-            self._members.clear()
-            self._by_session.clear()
-            notice = Outbound(Shutdown(reason))
-            if self.fanout is not None:
-                self.fanout.broadcast(notice)
             for member in members:
-                if self.fanout is not None:
-                    self.fanout.remove(member.session)
-                else:
-                    member.session.deliver(notice)
-                member.session.close("server shutting down")
+                self._remove_locked(member)
             self._emit("shutdown", reason=reason, members=len(members))
+
+    def tick(self, now: float) -> None:
+        """Announce arrivals and departures gathered for :data:`PRESENCE_DELAY`.
+
+        Transports call it a few times a second while :meth:`presence_due` says so.
+        """
+        with self._lock:
+            since = self._gathered_since
+            if since is not None and now - since >= PRESENCE_DELAY:
+                self._announce_gathered_locked()
+
+    def presence_due(self) -> float | None:
+        """When :meth:`tick` has gathered presence to announce, else ``None``."""
+        since = self._gathered_since
+        return None if since is None else since + PRESENCE_DELAY
 
     # --- requests ----------------------------------------------------------------
 
-    def handle(self, session: Session, frame: Frame) -> None:
-        """Act on a request frame from a joined ``session``.
+    def handle(self, member: Member, frame: Frame) -> Error | None:
+        """Act on a request frame from ``member``.
 
-        Frames a server never receives (``message``, ``welcome``, …) and requests
-        from sessions that have not joined are answered with an ``error`` frame.
+        Returns:
+            The error to tell the member, if the request was refused (the caller
+            decides how to say it, so repeated errors can be summarised); ``None``
+            when it was carried out or ``member`` is no longer present.
         """
         with self._lock:
-            member = self._by_session.get(id(session))
-            if member is None:
-                self._error_to(session, "not-joined", "join first: send your name")
-                return
-            self._handle_locked(member, frame)
+            if not member.present:
+                return None
+            return self._handle_locked(member, frame)
 
-    def report_error(self, session: Session, code: str, text: str, suggestion: str = "") -> None:
-        """Send ``session`` an error frame and record it in the event log."""
+    def send(self, member: Member, frame: Frame) -> None:
+        """Queue ``frame`` for ``member`` alone, after everything it is owed."""
         with self._lock:
-            self._error_to(session, code, text, suggestion)
+            if member.present:
+                self._log.patch(member.cursor, Outbound(frame))
+
+    def report_error(self, member: Member | None, peer: str, error: Error) -> None:
+        """Tell ``member`` (if joined) about ``error`` and record it in the event log."""
+        with self._lock:
+            if member is not None and member.present:
+                self._log.patch(member.cursor, Outbound(error))
+            self._emit(
+                "error",
+                name=member.name if member is not None else None,
+                peer=peer,
+                code=error.code,
+                text=error.text,
+            )
 
     # --- internals (all called with the lock held) --------------------------------
 
-    def _handle_locked(self, member: Member, frame: Frame) -> None:
+    def _handle_locked(self, member: Member, frame: Frame) -> Error | None:
         if isinstance(frame, (Say, Act)):
-            text = self._clean_text_locked(member, frame.text)
+            text, error = self._clean_text(frame.text)
             if text:
                 seq, ts = self._stamp_locked()
                 action = isinstance(frame, Act)
                 self._broadcast_locked(Message(member.name, text, ts, seq, action))
                 self._emit("message", sender=member.name, text=text, action=action, ts=ts, seq=seq)
-        elif isinstance(frame, Private):
-            self._private_locked(member, frame)
-        elif isinstance(frame, Nick):
-            self._rename_locked(member, frame.name.strip())
-        elif isinstance(frame, Who):
-            self._send_locked(member, UserList(self._listed_names_locked()))
+            return error
+        if isinstance(frame, Private):
+            return self._private_locked(member, frame)
+        if isinstance(frame, Nick):
+            return self._rename_locked(member, frame.name.strip())
+        if isinstance(frame, Who):
+            self._log.patch(member.cursor, Outbound(UserList(self._listed_names_locked())))
         elif isinstance(frame, Help):
-            self._send_locked(member, Info(HELP_TEXT))
+            self._log.patch(member.cursor, Outbound(Info(HELP_TEXT)))
         elif isinstance(frame, Ping):
-            self._send_locked(member, Pong(frame.token))
+            self._log.patch(member.cursor, Outbound(Pong(frame.token)))
         elif isinstance(frame, Pong):
-            pass  # liveness is the transport's business; any frame proves it
-        elif isinstance(frame, Quit):
-            self._leave_locked(member.session, "quit", sanitize_text(frame.reason)[:200])
-            member.session.close("quit")
+            pass  # liveness is the session's business; any frame proves it
         elif isinstance(frame, Hello):
-            self._error_to(member.session, "already-joined", "you have already joined")
+            return Error("already-joined", "you have already joined")
         else:
-            self._error_to(member.session, "unexpected", f"a client cannot send {frame.TYPE!r}")
+            return Error("unexpected", f"a client cannot send {frame.TYPE!r}")
+        return None
 
-    def _clean_text_locked(self, member: Member, text: str) -> str:
+    @staticmethod
+    def _clean_text(text: str) -> tuple[str, Error | None]:
         text = sanitize_text(text).strip()
         if len(text) > MAX_TEXT_CHARS:
-            self._error_to(
-                member.session,
-                "too-long",
-                f"message of {len(text)} characters not sent (limit {MAX_TEXT_CHARS})",
+            return "", Error(
+                "too-long", f"message of {len(text)} characters not sent (limit {MAX_TEXT_CHARS})"
             )
-            return ""
-        return text
+        return text, None
 
-    def _private_locked(self, member: Member, frame: Private) -> None:
+    def _private_locked(self, member: Member, frame: Private) -> Error | None:
         target = self._members.get(name_key(frame.to.strip()))
         if target is None:
-            self._error_to(
-                member.session,
-                "no-such-user",
-                f"no user named {sanitize_text(frame.to)!r}; /who lists who is online",
-            )
-            return
-        text = self._clean_text_locked(member, frame.text)
+            wanted = sanitize_text(frame.to)[:40]
+            return Error("no-such-user", f"no user named {wanted!r}; /who lists who is online")
+        text, error = self._clean_text(frame.text)
         if not text:
-            return
+            return error
         seq, ts = self._stamp_locked()
         out = Outbound(PrivateMessage(member.name, target.name, text, ts, seq))
-        self._deliver_locked([target, member] if target is not member else [member], out)
+        for recipient in {id(target): target, id(member): member}.values():
+            self._log.patch(recipient.cursor, out)
         self._emit("private", sender=member.name, to=target.name, text=text, ts=ts, seq=seq)
+        return None
 
-    def _rename_locked(self, member: Member, new: str) -> None:
+    def _rename_locked(self, member: Member, new: str) -> Error | None:
         if new == member.name:
-            return
+            return None
         try:
             if name_key(new) != name_key(member.name):
                 self._check_name_locked(new)
             elif (problem := name_problem(new)) is not None:
                 raise Rejected(problem, code="bad-name")
         except Rejected as exc:
-            self._error_to(member.session, exc.code, str(exc), exc.suggestion or "")
-            return
+            return Error(exc.code, str(exc), exc.suggestion or "")
         old = member.name
         del self._members[name_key(old)]
         member.name = new
@@ -347,6 +377,7 @@ class Hub:
         seq, ts = self._stamp_locked()
         self._broadcast_locked(Renamed(old, new, ts, seq))
         self._emit("rename", old=old, new=new, ts=ts, seq=seq)
+        return None
 
     def _check_name_locked(self, name: str) -> None:
         problem = name_problem(name)
@@ -367,89 +398,97 @@ class Hub:
                 return candidate
         return "guest"  # pragma: no cover - 10,000 taken variants of one name
 
-    def _leave_locked(self, session: Session, reason: str, detail: str) -> None:
-        member = self._by_session.pop(id(session), None)
-        if member is None:
-            return
-        del self._members[name_key(member.name)]
-        if self.fanout is not None:
-            self.fanout.remove(session)
-        seq, ts = self._stamp_locked()
-        self._broadcast_locked(Left(member.name, ts, seq, reason, detail))
-        log.info("%s left (%s%s)", member.name, reason, f": {detail}" if detail else "")
-        self._emit("leave", name=member.name, reason=reason, detail=detail, ts=ts, seq=seq)
+    def _remove_locked(self, member: Member) -> None:
+        member.present = False
+        if self._members.get(name_key(member.name)) is member:
+            del self._members[name_key(member.name)]
+        self._log.stop(member.cursor)
 
     def _stamp_locked(self) -> tuple[int, float]:
         self._seq += 1
         return self._seq, self._clock()
 
-    def _names_locked(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self._members.values())
+    def _welcome_locked(self, name: str) -> Welcome:
+        names = [m.name for m in self._members.values()]
+        listed = self._fit_names(names[:WELCOME_NAMES], len(names))
+        return Welcome(name, listed, self.server_name, self.motd)
 
     def _listed_names_locked(self) -> tuple[str, ...]:
-        """The names for a ``users`` or ``welcome`` frame, cut to fit in one frame.
+        names = [m.name for m in self._members.values()]
+        return self._fit_names(names, len(names))
 
-        A thousand long non-Latin names encode to more than a frame may hold; rather
-        than fail to answer, the list ends with a ``"… N more"`` entry (not a name:
-        names cannot contain spaces).
+    @staticmethod
+    def _fit_names(names: list[str], total: int) -> tuple[str, ...]:
+        """``names`` cut to fit in one frame, ending with ``"… N more"`` when cut.
+
+        That entry is not a name (names cannot contain spaces), so a client cannot
+        mistake it for a user.
         """
-        names = self._names_locked()
         budget = MAX_FRAME_BYTES // 2  # the frame's other fields and JSON quoting fit in the rest
         used = 0
         for index, name in enumerate(names):
             used += len(name.encode()) + 3  # quotes and comma
             if used > budget:
-                return (*names[:index], f"… {len(names) - index} more")
-        return names
-
-    def _send_locked(self, member: Member, frame: Frame) -> None:
-        self._deliver_locked([member], Outbound(frame))
+                return (*names[:index], f"… {total - index} more")
+        if len(names) < total:
+            return (*names, f"… {total - len(names)} more")
+        return tuple(names)
 
     def _broadcast_locked(self, frame: Frame) -> None:
-        out = Outbound(frame)
-        if self.fanout is not None:
-            self.fanout.broadcast(out)
+        # Whoever is about to be heard from must have been announced first.
+        if self._gathered_since is not None:
+            self._announce_gathered_locked()
+        self._log.broadcast(Outbound(frame))
+
+    # --- presence storms --------------------------------------------------------------
+
+    def _storming_locked(self, now: float) -> bool:
+        """Record an arrival or departure at ``now``; True while they come too fast."""
+        times = self._presence_times
+        storming = len(times) == times.maxlen and now - times[0] < 1.0
+        times.append(now)
+        return storming or self._gathered_since is not None
+
+    def _gather_locked(self, now: float, *, joined: str = "", left: str = "") -> None:
+        if self._gathered_since is None:
+            self._gathered_since = now
+        if joined:
+            self._gathered_joined.append(joined)
+        if left:
+            if left in self._gathered_joined:  # came and went unannounced: say nothing
+                self._gathered_joined.remove(left)
+            else:
+                self._gathered_left.append(left)
+
+    def _announce_gathered_locked(self) -> None:
+        joined, left = self._gathered_joined, self._gathered_left
+        self._gathered_since, self._gathered_joined, self._gathered_left = None, [], []
+        if not joined and not left:
             return
-        # One pass, no intermediate list: this loop runs once per member per message.
-        too_slow = [m for m in self._members.values() if m.deliver(out) is False]
-        if too_slow:
-            self._drop_slow_locked(too_slow)
-
-    def _deliver_locked(self, recipients: Iterable[Member], out: Outbound) -> None:
-        if self.fanout is not None:
-            for member in recipients:
-                self.fanout.send(member.session, out)
-            return
-        too_slow = [m for m in recipients if m.deliver(out) is False]
-        if too_slow:
-            self._drop_slow_locked(too_slow)
-
-    def _drop_slow_locked(self, too_slow: list[Member]) -> None:
-        # Dropping a member broadcasts its departure, which may find more slow members:
-        # a worklist instead of recursion keeps that bounded and lock-safe.
-        while too_slow:
-            member = too_slow.pop()
-            if self._by_session.pop(id(member.session), None) is None:
-                continue
-            del self._members[name_key(member.name)]
-            member.session.close("too slow: outbound backlog over its limit")
-            seq, ts = self._stamp_locked()
-            left = Outbound(Left(member.name, ts, seq, "dropped", "too slow"))
-            too_slow += [m for m in self._members.values() if m.deliver(left) is False]
-            log.warning("%s dropped: outbound backlog over its limit", member.name)
-            self._emit(
-                "leave", name=member.name, reason="dropped", detail="too slow", ts=ts, seq=seq
-            )
-
-    def _error_to(self, session: Session, code: str, text: str, suggestion: str = "") -> None:
-        out = Outbound(Error(code, text, suggestion))
-        if self.fanout is None or not self.fanout.send(session, out):
-            session.deliver(out)
-        member = self._by_session.get(id(session))
-        self._emit(
-            "error", name=member.name if member else None, peer=session.peer, code=code, text=text
+        # The budget is shared: each list gets half a frame's worth of names.
+        shown_joined = _names_within(joined, MAX_FRAME_BYTES // 4)
+        shown_left = _names_within(left, MAX_FRAME_BYTES // 4)
+        seq, ts = self._stamp_locked()
+        notice = Presence(
+            tuple(shown_joined),
+            tuple(shown_left),
+            ts,
+            seq,
+            len(joined) - len(shown_joined),
+            len(left) - len(shown_left),
         )
+        self._log.broadcast(Outbound(notice))
+        self._emit("presence", joined=len(joined), left=len(left), ts=ts, seq=seq)
 
     def _emit(self, event: str, **fields: Any) -> None:
-        if self._event_sink is not None:
-            self._event_sink({"event": event, **fields})
+        if self._record is not None:
+            self._record({"event": event, **fields})
+
+
+def _names_within(names: list[str], budget: int) -> list[str]:
+    used = 0
+    for index, name in enumerate(names):
+        used += len(name.encode()) + 3
+        if used > budget:
+            return names[:index]
+    return names

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import resource
 import signal
 import threading
 from pathlib import Path
@@ -11,30 +10,10 @@ from types import FrameType, TracebackType
 
 from .eventlog import EventLog
 from .hub import Hub
-from .transport.base import Proto, ServerConfig, ServerTransport
+from .transport.base import Proto, ServerConfig
+from .transport.registry import make_server_transport
 
 log = logging.getLogger("netchat.server")
-
-
-def _make_transport(hub: Hub, config: ServerConfig, proto: Proto) -> ServerTransport:
-    if proto is Proto.udp:
-        from .transport.udp_relay import UdpRelayServer
-
-        return UdpRelayServer(hub, config)
-    from .transport.tcp import TcpServer
-
-    return TcpServer(hub, config)
-
-
-def raise_fd_limit() -> None:
-    """Raise the soft open-files limit to the hard one: each client costs a descriptor,
-    and the common default of 1024 would cap a server below ``--max-clients``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):  # pragma: no cover - not permitted here
-            log.debug("could not raise the open-files limit from %s", soft)
 
 
 class Server:
@@ -47,6 +26,7 @@ class Server:
 
     Raises:
         OSError: the address cannot be bound (in use, not local, …).
+        ConfigError: the event log cannot be opened.
 
     Example::
 
@@ -63,13 +43,12 @@ class Server:
     ) -> None:
         self.config = config or ServerConfig()
         self.proto = Proto(proto)
-        raise_fd_limit()
         self._event_log = EventLog(event_log) if event_log is not None else None
         self.hub = Hub(
-            server_name=self.config.server_name, motd=self.config.motd, event_sink=self._event_log
+            server_name=self.config.server_name, motd=self.config.motd, record=self._event_log
         )
         try:
-            self.transport = _make_transport(self.hub, self.config, self.proto)
+            self.transport = make_server_transport(self.proto, self.hub, self.config)
         except BaseException:
             if self._event_log is not None:
                 self._event_log.close()

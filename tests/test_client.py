@@ -504,7 +504,7 @@ def test_a_full_server_refuses_with_its_reason(make_server: ServerFactory) -> No
     with Client.connect("first", *server.address), pytest.raises(Rejected) as refused:
         Client.connect("second", *server.address)
     assert refused.value.code == "refused"
-    assert "server full (at most 1 connections)" in str(refused.value)
+    assert "server full (at most 1 user)" in str(refused.value)
 
 
 def test_events_stops_at_its_bounds_and_raises_when_the_session_ends(

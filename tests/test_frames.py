@@ -116,7 +116,7 @@ def assert_decode_fails_cleanly(data: bytes | str) -> Frame | None:
 def test_every_frame_type_is_registered_with_its_own_name() -> None:
     assert set(FRAME_TYPES) == {
         "hello", "say", "me", "msg", "nick", "who", "help", "quit", "ping", "pong",
-        "welcome", "message", "private", "joined", "left", "renamed", "users", "info",
+        "welcome", "message", "private", "joined", "left", "presence", "renamed", "users", "info",
         "error", "shutdown",
     }  # fmt: skip
     for type_name, (cls, spec) in FRAME_TYPES.items():

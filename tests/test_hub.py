@@ -1,4 +1,4 @@
-"""The hub: members, names and routing, with fake in-memory sessions (netchat/hub.py)."""
+"""The hub: members, names and routing, read back from the members' streams (netchat/hub.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ import threading
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
 
 from netchat.errors import Rejected
-from netchat.hub import Hub, Outbound
+from netchat.hub import WELCOME_NAMES, Hub, Member, Outbound
 from netchat.protocol.commands import HELP_TEXT
 from netchat.protocol.frames import (
     Act,
@@ -24,9 +35,9 @@ from netchat.protocol.frames import (
     Nick,
     Ping,
     Pong,
+    Presence,
     Private,
     PrivateMessage,
-    Quit,
     Renamed,
     Say,
     Shutdown,
@@ -36,128 +47,110 @@ from netchat.protocol.frames import (
     decode_frame,
 )
 from netchat.protocol.limits import MAX_FRAME_BYTES, MAX_TEXT_CHARS
-from netchat.protocol.text import name_problem
-
-
-class FakeSession:
-    """Records what the hub delivers; ``accept = False`` simulates a full backlog."""
-
-    def __init__(self, peer: str = "127.0.0.1:5000") -> None:
-        self._peer = peer
-        self.outbound: list[Outbound] = []
-        self.closed: list[str] = []
-        self.accept = True
-        self._lock = threading.Lock()
-
-    @property
-    def peer(self) -> str:
-        return self._peer
-
-    def deliver(self, out: Outbound) -> bool:
-        with self._lock:
-            if not self.accept:
-                return False
-            self.outbound.append(out)
-            return True
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
-
-    @property
-    def frames(self) -> list[Frame]:
-        return [out.frame for out in self.outbound]
-
-    def of(self, cls: type[Frame]) -> list[Any]:
-        return [f for f in self.frames if isinstance(f, cls)]
-
-    def clear(self) -> None:
-        self.outbound.clear()
+from netchat.protocol.text import name_key, name_problem
+from netchat.streamlog import WireFormat
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
+    def __init__(self, start: float = 1_700_000_000.0, step: float = 0.5) -> None:
+        self.now = start
+        self.step = step
 
     def __call__(self) -> float:
-        self.now += 0.5
+        self.now += self.step
         return self.now
 
 
+class Inbox:
+    """What one member has been sent, decoded from its JSON stream."""
+
+    def __init__(self, hub: Hub, member: Member) -> None:
+        self.hub = hub
+        self.member = member
+        self.frames: list[Frame] = []
+
+    def read(self) -> list[Frame]:
+        """Take what the member is owed; returns (and keeps) the new frames."""
+        new = [decode_frame(line) for line in self.hub.take(self.member).splitlines()]
+        self.frames += new
+        return new
+
+    def of(self, cls: type[Frame]) -> list[Any]:
+        self.read()
+        return [f for f in self.frames if isinstance(f, cls)]
+
+
 @pytest.fixture
-def events() -> list[dict[str, Any]]:
+def records() -> list[dict[str, Any]]:
     return []
 
 
 @pytest.fixture
-def hub(events: list[dict[str, Any]]) -> Hub:
-    return Hub(server_name="test-server", motd="be nice", clock=Clock(), event_sink=events.append)
+def hub(records: list[dict[str, Any]]) -> Hub:
+    return Hub(
+        server_name="test-server",
+        motd="be nice",
+        clock=Clock(),
+        monotonic=Clock(0.0, 1.0),  # one second a step: no presence storm
+        record=records.append,
+    )
 
 
-def join(hub: Hub, *names: str) -> list[FakeSession]:
-    sessions = []
+def join(hub: Hub, *names: str) -> list[Inbox]:
+    """Members joined in order, with what they were sent so far read and forgotten."""
+    inboxes = []
     for name in names:
-        session = FakeSession(f"10.0.0.{len(hub) + 1}:4000")
-        hub.join(session, name)
-        sessions.append(session)
-    for session in sessions:
-        session.clear()
-    return sessions
+        member = hub.join(name, peer=f"10.0.0.{len(hub) + 1}:4000", wire_format=WireFormat.JSON)
+        inboxes.append(Inbox(hub, member))
+    for inbox in inboxes:
+        inbox.read()
+        inbox.frames.clear()
+    return inboxes
 
 
-def seqs(session: FakeSession) -> list[int]:
-    return [f.seq for f in session.frames if hasattr(f, "seq")]
+def seqs(frames: list[Frame]) -> list[int]:
+    return [f.seq for f in frames if hasattr(f, "seq")]
 
 
 # --- joining ---------------------------------------------------------------------
 
 
 def test_join_welcomes_and_announces(hub: Hub) -> None:
-    alice = FakeSession()
-    welcome = hub.join(alice, "alice")
-    assert welcome == Welcome("alice", ("alice",), "test-server", "be nice")
-    assert alice.frames == [welcome]
-
-    bob = FakeSession()
-    hub.join(bob, "bob")
-    assert bob.frames == [Welcome("bob", ("alice", "bob"), "test-server", "be nice")]
-    (joined,) = alice.of(Joined)
-    assert joined.name == "bob"
-    assert joined.seq >= 1
-    assert alice.frames[1:] == [joined]  # the joiner is not told about itself
+    alice = Inbox(hub, hub.join("alice", peer="p", wire_format=WireFormat.JSON))
+    assert alice.read() == [Welcome("alice", ("alice",), "test-server", "be nice")]
+    bob = Inbox(hub, hub.join("bob", peer="p", wire_format=WireFormat.JSON))
+    assert bob.read() == [Welcome("bob", ("alice", "bob"), "test-server", "be nice")]
+    (joined,) = alice.read()  # the joiner is not told about itself; alice is, once
+    assert isinstance(joined, Joined) and joined.name == "bob" and joined.seq >= 1
     assert hub.names() == ("alice", "bob")
     assert len(hub) == 2
-    assert hub.member_name(bob) == "bob"
-    assert hub.member_name(FakeSession()) is None
 
 
 def test_join_strips_whitespace(hub: Hub) -> None:
-    session = FakeSession()
-    assert hub.join(session, "  bob \r\n").name == "bob"
+    assert hub.join("  bob \r\n", peer="p", wire_format=WireFormat.TEXT).name == "bob"
     assert hub.names() == ("bob",)
 
 
 @pytest.mark.parametrize("taken", ["alice", "ALICE", "Alice", "ＡＬＩＣＥ"])
 def test_name_taken_is_case_insensitive(hub: Hub, taken: str) -> None:
     (alice,) = join(hub, "alice")
-    newcomer = FakeSession()
     with pytest.raises(Rejected) as info:
-        hub.join(newcomer, taken)
+        hub.join(taken, peer="p", wire_format=WireFormat.JSON)
     assert info.value.code == "name-taken"
     suggestion = info.value.suggestion
     assert suggestion is not None
     assert name_problem(suggestion) is None
     assert suggestion.casefold() != "alice"
     assert suggestion in str(info.value)
-    assert newcomer.frames == []
-    assert alice.frames == []  # nobody hears of a failed join
-    hub.join(newcomer, suggestion)  # the suggestion really is free
+    assert alice.read() == []  # nobody hears of a failed join
+    hub.join(suggestion, peer="p", wire_format=WireFormat.JSON)  # the suggestion really is free
     assert hub.names() == ("alice", suggestion)
 
 
 def test_suggestion_skips_taken_names(hub: Hub) -> None:
     join(hub, "bob", "bob2", "Bob3")
     with pytest.raises(Rejected) as info:
-        hub.join(FakeSession(), "BOB")
+        hub.join("BOB", peer="p", wire_format=WireFormat.JSON)
     assert info.value.suggestion == "BOB4"
 
 
@@ -173,26 +166,28 @@ def test_suggestion_skips_taken_names(hub: Hub) -> None:
 )
 def test_bad_name_is_rejected_with_a_valid_suggestion(hub: Hub, bad: str, suggestion: str) -> None:
     with pytest.raises(Rejected) as info:
-        hub.join(FakeSession(), bad)
+        hub.join(bad, peer="p", wire_format=WireFormat.JSON)
     assert info.value.code == "bad-name"
     assert info.value.suggestion == suggestion
     assert name_problem(suggestion) is None
     assert len(hub) == 0
 
 
-def test_joining_twice_is_refused(hub: Hub) -> None:
-    session = FakeSession()
-    hub.join(session, "alice")
-    with pytest.raises(Rejected) as info:
-        hub.join(session, "alice2")
-    assert info.value.code == "already-joined"
+def test_a_second_hello_is_refused(hub: Hub) -> None:
+    (alice,) = join(hub, "alice")
+    assert hub.handle(alice.member, Hello("alice2")) == Error(
+        "already-joined", "you have already joined"
+    )
     assert hub.names() == ("alice",)
 
 
-def test_requests_before_joining_get_not_joined(hub: Hub) -> None:
-    session = FakeSession()
-    hub.handle(session, Say("hi"))
-    assert session.frames == [Error("not-joined", "join first: send your name")]
+def test_the_welcome_lists_at_most_a_hundred_names(hub: Hub) -> None:
+    join(hub, *[f"u{i}" for i in range(WELCOME_NAMES + 20)])
+    welcome = Inbox(hub, hub.join("later", peer="p", wire_format=WireFormat.JSON)).read()[0]
+    assert isinstance(welcome, Welcome)
+    assert welcome.users == (*[f"u{i}" for i in range(WELCOME_NAMES)], "… 21 more")
+    everyone = hub.handle(hub.join("asker", peer="p", wire_format=WireFormat.JSON), Who())
+    assert everyone is None  # /who lists everyone who fits in a frame
 
 
 # --- messages ----------------------------------------------------------------------
@@ -200,26 +195,23 @@ def test_requests_before_joining_get_not_joined(hub: Hub) -> None:
 
 def test_sender_is_stamped_by_the_hub(hub: Hub) -> None:
     alice, bob, carol = join(hub, "alice", "bob", "carol")
-    hub.handle(carol, Say("alice: hi"))
-    for session in (alice, bob, carol):  # everyone, the sender included
-        (message,) = session.frames
+    assert hub.handle(carol.member, Say("alice: hi")) is None
+    for inbox in (alice, bob, carol):  # everyone, the sender included
+        (message,) = inbox.read()
         assert isinstance(message, Message)
-        assert message.sender == "carol"
-        assert message.text == "alice: hi"
-        assert not message.action
-    assert alice.outbound[0] is bob.outbound[0] is carol.outbound[0]  # one Outbound
+        assert (message.sender, message.text, message.action) == ("carol", "alice: hi", False)
 
 
 def test_action(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(alice, Act("waves"))
-    (message,) = bob.frames
+    hub.handle(alice.member, Act("waves"))
+    (message,) = bob.read()
     assert message == Message("alice", "waves", message.ts, message.seq, action=True)
 
 
 def test_text_is_sanitized_and_stripped(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(alice, Say("  hi\x1b[2J\r\n<bob> fake  "))
+    hub.handle(alice.member, Say("  hi\x1b[2J\r\n<bob> fake  "))
     (message,) = bob.of(Message)
     assert message.text == "hi  <bob> fake"
 
@@ -227,49 +219,46 @@ def test_text_is_sanitized_and_stripped(hub: Hub) -> None:
 @pytest.mark.parametrize("text", ["", "   ", "\x1b[2J", "\r\n"])
 def test_empty_messages_are_not_sent(hub: Hub, text: str) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(alice, Say(text))
-    hub.handle(alice, Act(text))
-    assert alice.frames == bob.frames == []
+    assert hub.handle(alice.member, Say(text)) is None
+    assert hub.handle(alice.member, Act(text)) is None
+    assert alice.read() == bob.read() == []
 
 
-def test_too_long_message_is_refused(hub: Hub, events: list[dict[str, Any]]) -> None:
+def test_too_long_message_is_refused(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(alice, Say("x" * (MAX_TEXT_CHARS + 1)))
-    (error,) = alice.frames
-    assert isinstance(error, Error)
-    assert error.code == "too-long"
-    assert bob.frames == []
-    hub.handle(alice, Say("я" * MAX_TEXT_CHARS))  # exactly the limit is fine
+    error = hub.handle(alice.member, Say("x" * (MAX_TEXT_CHARS + 1)))
+    assert error is not None and error.code == "too-long"
+    assert alice.read() == bob.read() == []  # the caller says the error, not the hub
+    hub.handle(alice.member, Say("я" * MAX_TEXT_CHARS))  # exactly the limit is fine
     assert bob.of(Message)[0].text == "я" * MAX_TEXT_CHARS
-    assert events[-2]["event"] == "error"
 
 
 def test_timestamps_come_from_the_hub_clock(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(alice, Say("one"))
-    hub.handle(alice, Say("two"))
+    hub.handle(alice.member, Say("one"))
+    hub.handle(alice.member, Say("two"))
     first, second = bob.of(Message)
     assert 1_700_000_000 < first.ts < second.ts
 
 
 def test_seq_is_strictly_increasing_and_identical_for_everyone(hub: Hub) -> None:
     alice, bob, carol = join(hub, "alice", "bob", "carol")
-    hub.handle(alice, Say("1"))
-    hub.handle(bob, Act("2"))
-    dave = FakeSession()
-    hub.join(dave, "dave")
-    hub.handle(carol, Nick("caroline"))
-    hub.handle(dave, Say("3"))
-    hub.leave(bob)
-    hub.handle(alice, Say("4"))
-    a = seqs(alice)
-    assert a == sorted(set(a))
-    assert len(a) == 7  # say, me, joined, renamed, say, left, say
-    assert seqs(carol) == a
-    assert seqs(dave) == a[3:]  # from its own join on, minus its own Joined
-    assert seqs(bob) == a[:5]  # up to its own departure
-    # Each event carries one seq for all: the same frame object for all recipients.
-    assert alice.outbound[-1] is carol.outbound[-1] is dave.outbound[-1]
+    hub.handle(alice.member, Say("1"))
+    hub.handle(bob.member, Act("2"))
+    (dave,) = join(hub, "dave")
+    for inbox in (alice, bob, carol):  # forget what came before dave
+        inbox.read()
+        inbox.frames.clear()
+    hub.handle(carol.member, Nick("caroline"))
+    hub.handle(dave.member, Say("3"))
+    hub.leave(bob.member)
+    hub.handle(alice.member, Say("4"))
+    for inbox in (alice, bob, carol, dave):
+        inbox.read()
+    a = seqs(alice.frames)
+    assert a == sorted(set(a)) and len(a) == 4  # renamed, say, left, say
+    assert seqs(carol.frames) == seqs(dave.frames) == a
+    assert seqs(bob.frames) == a[:2]  # up to its own departure
 
 
 # --- private messages -----------------------------------------------------------------
@@ -277,90 +266,87 @@ def test_seq_is_strictly_increasing_and_identical_for_everyone(hub: Hub) -> None
 
 def test_private_message_reaches_only_target_and_sender(hub: Hub) -> None:
     alice, bob, carol = join(hub, "alice", "bob", "carol")
-    hub.handle(alice, Private("BOB", "psst"))
-    (to_bob,) = bob.frames
+    assert hub.handle(alice.member, Private("BOB", "psst")) is None
+    (to_bob,) = bob.read()
     assert isinstance(to_bob, PrivateMessage)
     assert (to_bob.sender, to_bob.to, to_bob.text) == ("alice", "bob", "psst")
-    assert alice.frames == [to_bob]  # the echo
-    assert carol.frames == []
+    assert alice.read() == [to_bob]  # the echo
+    assert carol.read() == []
 
 
 def test_private_message_to_self_is_delivered_once(hub: Hub) -> None:
     (alice,) = join(hub, "alice")
-    hub.handle(alice, Private("alice", "note to self"))
+    hub.handle(alice.member, Private("alice", "note to self"))
     assert len(alice.of(PrivateMessage)) == 1
 
 
 def test_private_message_to_nobody(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(alice, Private("zed\x1b[2J", "hi"))
-    (error,) = alice.frames
-    assert isinstance(error, Error)
-    assert error.code == "no-such-user"
-    assert "\x1b" not in error.text
-    assert "zed" in error.text
-    assert bob.frames == []
+    error = hub.handle(alice.member, Private("zed\x1b[2J", "hi"))
+    assert error is not None and error.code == "no-such-user"
+    assert "\x1b" not in error.text and "zed" in error.text
+    assert bob.read() == []
+
+
+def test_an_error_quoting_a_huge_name_still_fits_a_frame(hub: Hub) -> None:
+    (alice,) = join(hub, "alice")
+    error = hub.handle(alice.member, Private("\uffff" * 60_000, "hi"))
+    assert error is not None and error.code == "no-such-user"
+    hub.report_error(alice.member, "p", error)
+    assert alice.read() == [error]  # encoded and delivered, not an exception
 
 
 def test_private_seq_fits_in_the_global_order(hub: Hub) -> None:
     alice, bob, carol = join(hub, "alice", "bob", "carol")
-    hub.handle(alice, Say("a"))
-    hub.handle(alice, Private("bob", "b"))
-    hub.handle(alice, Say("c"))
-    assert seqs(bob) == sorted(seqs(bob))
-    assert seqs(carol) == [seqs(bob)[0], seqs(bob)[2]]
+    hub.handle(alice.member, Say("a"))
+    hub.handle(alice.member, Private("bob", "b"))
+    hub.handle(alice.member, Say("c"))
+    assert seqs(bob.read()) == sorted(seqs(bob.frames))
+    assert seqs(carol.read()) == [seqs(bob.frames)[0], seqs(bob.frames)[2]]
 
 
 # --- nick ------------------------------------------------------------------------------
 
 
-def test_rename(hub: Hub, events: list[dict[str, Any]]) -> None:
+def test_rename(hub: Hub, records: list[dict[str, Any]]) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(bob, Nick(" robert "))
-    for session in (alice, bob):
-        (renamed,) = session.frames
-        assert isinstance(renamed, Renamed)
-        assert (renamed.old, renamed.new) == ("bob", "robert")
+    assert hub.handle(bob.member, Nick(" robert ")) is None
+    for inbox in (alice, bob):
+        (renamed,) = inbox.read()
+        assert isinstance(renamed, Renamed) and (renamed.old, renamed.new) == ("bob", "robert")
     assert hub.names() == ("alice", "robert")
-    assert hub.member_name(bob) == "robert"
-    assert events[-1] == {
+    assert bob.member.name == "robert"
+    assert records[-1] == {
         "event": "rename",
         "old": "bob",
         "new": "robert",
         "ts": renamed.ts,
         "seq": renamed.seq,
     }
-    # The new name is used from now on, and the old one is free.
-    hub.handle(bob, Say("hi"))
+    hub.handle(bob.member, Say("hi"))  # the new name is used from now on
     assert alice.of(Message)[0].sender == "robert"
-    hub.handle(alice, Private("robert", "x"))
+    hub.handle(alice.member, Private("robert", "x"))
     assert len(bob.of(PrivateMessage)) == 1
-    hub.join(FakeSession(), "bob")
+    hub.join("bob", peer="p", wire_format=WireFormat.JSON)  # and the old one is free
 
 
 def test_rename_collision_and_bad_name(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(bob, Nick("ALICE"))
-    (error,) = bob.frames
-    assert isinstance(error, Error)
-    assert (error.code, error.suggestion) == ("name-taken", "ALICE2")
-    bob.clear()
-    hub.handle(bob, Nick("two words"))
-    (error,) = bob.frames
-    assert isinstance(error, Error)
-    assert error.code == "bad-name"
-    assert alice.frames == []
+    error = hub.handle(bob.member, Nick("ALICE"))
+    assert error is not None and (error.code, error.suggestion) == ("name-taken", "ALICE2")
+    error = hub.handle(bob.member, Nick("two words"))
+    assert error is not None and error.code == "bad-name"
+    assert alice.read() == bob.read() == []
     assert hub.names() == ("alice", "bob")
 
 
 def test_rename_to_own_name_in_other_case(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(bob, Nick("bob"))  # no change: nothing happens
-    assert bob.frames == alice.frames == []
-    hub.handle(bob, Nick("Bob"))
-    (renamed,) = alice.frames
-    assert isinstance(renamed, Renamed)
-    assert (renamed.old, renamed.new) == ("bob", "Bob")
+    hub.handle(bob.member, Nick("bob"))  # no change: nothing happens
+    assert bob.read() == alice.read() == []
+    hub.handle(bob.member, Nick("Bob"))
+    (renamed,) = alice.read()
+    assert isinstance(renamed, Renamed) and (renamed.old, renamed.new) == ("bob", "Bob")
     assert hub.names() == ("alice", "Bob")
 
 
@@ -369,181 +355,164 @@ def test_rename_to_own_name_in_other_case(hub: Hub) -> None:
 
 def test_who_help_ping(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(bob, Who())
-    hub.handle(bob, Help())
-    hub.handle(bob, Ping("t-42"))
-    hub.handle(bob, Pong("whatever"))
-    assert bob.frames == [UserList(("alice", "bob")), Info(HELP_TEXT), Pong("t-42")]
-    assert alice.frames == []
+    for request in (Who(), Help(), Ping("t-42"), Pong("whatever")):
+        assert hub.handle(bob.member, request) is None
+    assert bob.read() == [UserList(("alice", "bob")), Info(HELP_TEXT), Pong("t-42")]
+    assert alice.read() == []
 
 
-def test_quit(hub: Hub, events: list[dict[str, Any]]) -> None:
+def test_leave_is_idempotent_and_a_member_that_left_is_ignored(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(bob, Quit("bye\x1b[2J" + "x" * 300))
-    (left,) = alice.frames
-    assert isinstance(left, Left)
-    assert (left.name, left.reason) == ("bob", "quit")
-    assert left.detail.startswith("bye") and "\x1b" not in left.detail
-    assert len(left.detail) <= 200
-    assert bob.closed == ["quit"]
-    assert hub.names() == ("alice",)
-    assert events[-1]["event"] == "leave"
-
-
-def test_leave_is_idempotent(hub: Hub) -> None:
-    alice, bob = join(hub, "alice", "bob")
-    hub.leave(bob, "lost", "connection reset")
-    hub.leave(bob, "lost")
-    hub.leave(bob)
-    hub.leave(FakeSession())  # never joined
-    assert alice.frames == [
-        Left("bob", alice.frames[0].ts, alice.frames[0].seq, "lost", "connection reset")
-    ]
-    hub.handle(bob, Say("ghost"))
-    assert alice.of(Message) == []
-    assert bob.of(Error)[0].code == "not-joined"
+    hub.leave(bob.member, "lost", "connection reset")
+    hub.leave(bob.member, "lost")
+    hub.leave(bob.member)
+    (left,) = alice.read()
+    assert left == Left("bob", left.ts, left.seq, "lost", "connection reset")
+    assert hub.handle(bob.member, Say("ghost")) is None
+    hub.send(bob.member, Info("too late"))
+    assert alice.read() == bob.read() == []
 
 
 def test_client_cannot_send_server_frames(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
-    hub.handle(alice, Hello("again"))
-    hub.handle(alice, Message("bob", "forged", 1.0, 999))
-    hub.handle(alice, Joined("mallory", 1.0, 1))
-    codes = [e.code for e in alice.of(Error)]
-    assert codes == ["already-joined", "unexpected", "unexpected"]
-    assert bob.frames == []
+    errors = [
+        hub.handle(alice.member, frame)
+        for frame in (Hello("again"), Message("bob", "forged", 1.0, 999), Joined("mallory", 1.0, 1))
+    ]
+    assert [e.code for e in errors if e is not None] == [
+        "already-joined",
+        "unexpected",
+        "unexpected",
+    ]
+    assert bob.read() == []
 
 
-def test_report_error(hub: Hub, events: list[dict[str, Any]]) -> None:
-    session = FakeSession()
-    hub.report_error(session, "rate-limited", "slow down")
-    assert session.frames == [Error("rate-limited", "slow down")]
-    assert events[-1] == {
-        "event": "error",
-        "name": None,
-        "peer": session.peer,
-        "code": "rate-limited",
-        "text": "slow down",
-    }
-
-
-# --- slow members ------------------------------------------------------------------------
-
-
-def test_too_slow_member_is_dropped_and_others_keep_receiving(hub: Hub) -> None:
-    alice, bob, carol = join(hub, "alice", "bob", "carol")
-    bob.accept = False
-    hub.handle(alice, Say("one"))
-    assert bob.closed and "too slow" in bob.closed[0]
-    assert hub.names() == ("alice", "carol")
-    for session in (alice, carol):
-        message, left = session.frames
-        assert isinstance(message, Message) and message.text == "one"
-        assert isinstance(left, Left)
-        assert (left.name, left.reason) == ("bob", "dropped")
-        assert left.seq > message.seq
-    hub.handle(carol, Say("two"))
-    assert [m.text for m in alice.of(Message)] == ["one", "two"]
-    assert bob.frames == []
-
-
-def test_cascading_drops_are_bounded(hub: Hub, events: list[dict[str, Any]]) -> None:
-    sessions = join(hub, *[f"u{i}" for i in range(6)])
-    for slow in sessions[1:4]:
-        slow.accept = False
-    hub.handle(sessions[0], Say("hi"))
-    assert hub.names() == ("u0", "u4", "u5")
-    for slow in sessions[1:4]:
-        assert len(slow.closed) == 1
-    for fine in (sessions[0], sessions[4], sessions[5]):
-        lefts = fine.of(Left)
-        assert sorted(left.name for left in lefts) == ["u1", "u2", "u3"]
-        assert seqs(fine) == sorted(set(seqs(fine)))
-    assert seqs(sessions[0]) == seqs(sessions[4]) == seqs(sessions[5])
-    assert [e["name"] for e in events if e["event"] == "leave"] != []
-
-
-def test_member_whose_welcome_cannot_be_queued(hub: Hub) -> None:
+def test_report_error_records_it_and_tells_a_member(
+    hub: Hub, records: list[dict[str, Any]]
+) -> None:
     (alice,) = join(hub, "alice")
-    slow = FakeSession()
-    slow.accept = False
-    hub.join(slow, "slow")
-    assert hub.names() == ("alice",)
-    assert slow.closed
-    # Alice hears of the join before the departure, in seq order, never the reverse.
-    joined, left = alice.frames
-    assert isinstance(joined, Joined) and isinstance(left, Left)
-    assert joined.name == left.name == "slow"
-    assert joined.seq < left.seq
-
-
-def test_join_that_drops_a_slow_member_welcomes_first(hub: Hub) -> None:
-    alice, bob = join(hub, "alice", "bob")
-    bob.accept = False
-    carol = FakeSession()
-    welcome = hub.join(carol, "carol")
-    assert carol.frames == [welcome]  # a client expects its welcome first
-    assert welcome.users == ("alice", "carol")  # bob was dropped by the announcement
-    assert [type(f) for f in alice.frames] == [Joined, Left]
-    assert hub.names() == ("alice", "carol")
+    hub.report_error(None, "10.9.9.9:1", Error("rate-limited", "slow down"))
+    hub.report_error(alice.member, "10.0.0.1:4000", Error("bad-command", "nope"))
+    assert alice.read() == [Error("bad-command", "nope")]
+    assert records[-2:] == [
+        {
+            "event": "error",
+            "name": None,
+            "peer": "10.9.9.9:1",
+            "code": "rate-limited",
+            "text": "slow down",
+        },
+        {
+            "event": "error",
+            "name": "alice",
+            "peer": "10.0.0.1:4000",
+            "code": "bad-command",
+            "text": "nope",
+        },
+    ]
 
 
 # --- shutdown -----------------------------------------------------------------------------
 
 
-def test_shutdown(hub: Hub, events: list[dict[str, Any]]) -> None:
+def test_shutdown_comes_once_after_everything_owed(hub: Hub, records: list[dict[str, Any]]) -> None:
     alice, bob = join(hub, "alice", "bob")
+    for n in range(3):
+        hub.handle(alice.member, Say(f"m{n}"))
     hub.shutdown("maintenance")
-    for session in (alice, bob):
-        assert session.frames == [Shutdown("maintenance")]
-        assert session.closed == ["server shutting down"]
-    assert alice.outbound[0] is bob.outbound[0]
-    assert len(hub) == 0
-    assert hub.names() == ()
-    assert events[-1] == {"event": "shutdown", "reason": "maintenance", "members": 2}
-    hub.leave(alice)  # a connection thread finishing late does no harm
-    assert alice.frames == [Shutdown("maintenance")]
+    hub.shutdown("again")  # a second call changes nothing
+    for inbox in (alice, bob):
+        assert [type(f) for f in inbox.read()] == [Message, Message, Message, Shutdown]
+        assert inbox.frames[-1] == Shutdown("maintenance")
+    assert len(hub) == 0 and hub.names() == ()
+    assert records[-1] == {"event": "shutdown", "reason": "maintenance", "members": 2}
+    hub.leave(alice.member)  # a connection thread finishing late does no harm
+    assert alice.read() == []
+    with pytest.raises(Rejected) as refused:
+        hub.join("carol", peer="p", wire_format=WireFormat.JSON)
+    assert refused.value.code == "shutting-down"
 
 
-# --- events and encodings --------------------------------------------------------------------
+# --- presence storms -------------------------------------------------------------------------
 
 
-def test_event_sink_gets_json_able_dicts(hub: Hub, events: list[dict[str, Any]]) -> None:
+def test_a_join_storm_is_announced_in_gathered_notices() -> None:
+    monotonic = Clock(0.0, 0.001)  # a thousand joins a second
+    hub = Hub(clock=Clock(), monotonic=monotonic, presence_burst=4)
+    (first,) = join(hub, "first")
+    names = [f"n{i}" for i in range(10)]
+    for name in names:
+        hub.join(name, peer="p", wire_format=WireFormat.JSON)
+    # Four arrivals (first's own included) came one by one; then the storm was gathered.
+    frames = first.read()
+    assert [f.name for f in frames if isinstance(f, Joined)] == names[:3]
+    assert not [f for f in frames if isinstance(f, Presence)]
+    due = hub.presence_due()
+    assert due is not None
+    hub.tick(due - 0.001)
+    assert first.read() == []
+    hub.tick(due)
+    (notice,) = first.read()
+    assert isinstance(notice, Presence)
+    assert (notice.joined, notice.left) == (tuple(names[3:]), ())
+    assert hub.presence_due() is None
+
+
+def test_a_gathered_notice_comes_before_anything_said_after_it() -> None:
+    hub = Hub(clock=Clock(), monotonic=Clock(0.0, 0.001), presence_burst=2)
+    (first,) = join(hub, "first")
+    late = [hub.join(f"n{i}", peer="p", wire_format=WireFormat.JSON) for i in range(4)]
+    hub.leave(late[0])  # announced arrival, gathered departure
+    hub.leave(late[3])  # came and went within one gathering: never mentioned
+    hub.handle(late[2], Say("hello"))
+    kinds = [type(f) for f in first.read()]
+    assert kinds == [Joined, Presence, Message]  # first and n0 one by one, then gathered
+    notice = first.frames[1]
+    assert isinstance(notice, Presence)
+    assert (notice.joined, notice.left) == (("n1", "n2"), ("n0",))
+    assert hub.presence_due() is None
+
+
+def test_a_gathered_notice_stays_within_a_frame() -> None:
+    hub = Hub(clock=Clock(), monotonic=Clock(0.0, 0.0001), presence_burst=1)
+    (first,) = join(hub, "first")
+    for i in range(3000):
+        hub.join(f"someone-long-name-{i}", peer="p", wire_format=WireFormat.JSON)
+    hub.tick(1e9)
+    notices = [f for f in first.read() if isinstance(f, Presence)]
+    (notice,) = notices
+    assert len(notice.joined) + notice.more_joined == 3000
+    assert notice.more_joined > 0
+    assert len(Outbound(notice).json) < MAX_FRAME_BYTES
+
+
+# --- records and encodings --------------------------------------------------------------------
+
+
+def test_records_are_json_able_dicts(hub: Hub, records: list[dict[str, Any]]) -> None:
     alice, bob = join(hub, "alice", "Боб")
-    hub.handle(alice, Say("привет 👋"))
-    hub.handle(alice, Act("waves"))
-    hub.handle(alice, Private("боб", "psst"))
-    hub.handle(bob, Nick("bob"))
-    hub.handle(alice, Private("nobody", "x"))
-    hub.leave(bob, "lost")
+    hub.handle(alice.member, Say("привет 👋"))
+    hub.handle(alice.member, Act("waves"))
+    hub.handle(alice.member, Private("боб", "psst"))
+    hub.handle(bob.member, Nick("bob"))
+    hub.leave(bob.member, "lost")
     hub.shutdown()
-    kinds = [e["event"] for e in events]
-    assert kinds == [
-        "join",
-        "join",
-        "message",
-        "message",
-        "private",
-        "rename",
-        "error",
-        "leave",
-        "shutdown",
-    ]
-    for event in events:
-        assert json.loads(json.dumps(event, ensure_ascii=False)) == event
-    assert events[0] == {
+    kinds = [e["event"] for e in records]
+    assert kinds == ["join", "join", "message", "message", "private", "rename", "leave", "shutdown"]
+    for record in records:
+        assert json.loads(json.dumps(record, ensure_ascii=False)) == record
+    assert records[0] == {
         "event": "join",
         "name": "alice",
         "peer": "10.0.0.1:4000",
-        "ts": events[0]["ts"],
-        "seq": events[0]["seq"],
+        "ts": records[0]["ts"],
+        "seq": records[0]["seq"],
     }
-    assert events[2]["sender"] == "alice" and events[2]["text"] == "привет 👋"
-    assert events[3]["action"] is True
-    assert events[4]["to"] == "Боб"
-    # Event seqs are the frames' seqs.
-    message_seqs = [e["seq"] for e in events if "seq" in e]
-    assert message_seqs == sorted(set(message_seqs))
+    assert records[2]["sender"] == "alice" and records[2]["text"] == "привет 👋"
+    assert records[3]["action"] is True
+    assert records[4]["to"] == "Боб"
+    record_seqs = [e["seq"] for e in records if "seq" in e]
+    assert record_seqs == sorted(set(record_seqs))
 
 
 def test_outbound_encodes_once() -> None:
@@ -556,52 +525,172 @@ def test_outbound_encodes_once() -> None:
     assert text.endswith(b"> hi\r\n")
 
 
+def test_text_members_read_the_same_events_as_lines(hub: Hub) -> None:
+    json_member = hub.join("alice", peer="p", wire_format=WireFormat.JSON)
+    text_member = hub.join("bob", peer="p", wire_format=WireFormat.TEXT)
+    hub.take(json_member)
+    hub.take(text_member)
+    hub.handle(json_member, Say("hi"))
+    assert hub.take(text_member).endswith(b"<alice> hi\r\n")
+    assert decode_frame(hub.take(json_member)).text == "hi"  # type: ignore[attr-defined]
+
+
 # --- threads ------------------------------------------------------------------------------------
 
 
 def test_concurrent_senders_see_one_order(hub: Hub) -> None:
     names = [f"user{i}" for i in range(6)]
-    sessions = join(hub, *names)
+    inboxes = join(hub, *names)
     per_thread = 200
-    barrier = threading.Barrier(len(sessions))
+    barrier = threading.Barrier(len(inboxes))
 
-    def chatter(session: FakeSession, name: str) -> None:
+    def chatter(inbox: Inbox, name: str) -> None:
         barrier.wait(timeout=10)
         for i in range(per_thread):
             if i % 50 == 25:
-                hub.handle(session, Who())
-            hub.handle(session, Say(f"{name} {i}"))
+                hub.handle(inbox.member, Who())
+            hub.handle(inbox.member, Say(f"{name} {i}"))
+            if i % 20 == 0:
+                inbox.read()  # taking while others append
 
     threads = [
-        threading.Thread(target=chatter, args=(s, n), daemon=True)
-        for s, n in zip(sessions, names, strict=True)
+        threading.Thread(target=chatter, args=(inbox, name), daemon=True)
+        for inbox, name in zip(inboxes, names, strict=True)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-        assert not thread.is_alive()
-
-    total = per_thread * len(sessions)
-    orders = [[(m.seq, m.sender, m.text) for m in s.of(Message)] for s in sessions]
-    assert len(orders[0]) == total
-    assert all(order == orders[0] for order in orders)
-    assert [seq for seq, _, _ in orders[0]] == sorted({seq for seq, _, _ in orders[0]})
-    for name in names:  # each sender's own messages stay in the order it sent them
-        texts = [text for _, sender, text in orders[0] if sender == name]
-        assert texts == [f"{name} {i}" for i in range(per_thread)]
+    reference = None
+    for inbox in inboxes:
+        messages = [(m.seq, m.text) for m in inbox.of(Message)]
+        assert len(messages) == len(names) * per_thread
+        assert [s for s, _ in messages] == sorted(s for s, _ in messages)
+        reference = reference or messages
+        assert messages == reference  # one order for everyone
 
 
-def test_a_user_list_too_long_for_one_frame_is_cut_with_a_count() -> None:
-    hub = Hub()
-    sessions = [FakeSession(f"s{i}") for i in range(1100)]
-    for i, session in enumerate(sessions):
-        hub.join(session, f"{i:04d}" + "界" * 20)  # 24 characters, 64 bytes of UTF-8
-    sessions[0].clear()
-    hub.handle(sessions[0], Who())
-    (users,) = sessions[0].of(UserList)
-    assert users.users[-1].startswith("… ") and users.users[-1].endswith(" more")
-    shown = len(users.users) - 1
-    assert users.users[-1] == f"… {1100 - shown} more"
-    assert users.users[:shown] == hub.names()[:shown]
-    assert len(Outbound(users).json) <= MAX_FRAME_BYTES  # it encodes: no error for /who
+# --- a model of the hub -------------------------------------------------------------------------
+
+NAMES = st.sampled_from(["ann", "Ann", "bob", "cléo", "Дима", "eve", "eve2", "bad name", ""])
+
+
+class HubModel(RuleBasedStateMachine):
+    """Joins, leaves, renames, messages and private messages in any order, checked
+    against a model: every member gets each broadcast it should, exactly once, in one
+    global order; names stay unique; a private message reaches its target only."""
+
+    members = Bundle("members")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub = Hub(clock=Clock(), monotonic=Clock(0.0, 1.0))
+        self.inboxes: dict[int, Inbox] = {}  # id(member) -> inbox, present or not
+        self.expected: dict[int, list[tuple[str, ...]]] = {}
+        self.n = 0
+
+    def _present(self) -> list[Member]:
+        return [i.member for i in self.inboxes.values() if i.member.present]
+
+    def _expect(self, who: list[Member], event: tuple[str, ...]) -> None:
+        for member in who:
+            self.expected[id(member)].append(event)
+
+    @rule(target=members, name=NAMES)
+    def join(self, name: str) -> object:
+        taken = {name_key(m.name) for m in self._present()}
+        valid = name_problem(name.strip()) is None and name_key(name.strip()) not in taken
+        others = self._present()
+        try:
+            member = self.hub.join(name, peer="p", wire_format=WireFormat.JSON)
+        except Rejected:
+            assert not valid
+            return multiple()
+        assert valid
+        self.inboxes[id(member)] = Inbox(self.hub, member)
+        self.expected[id(member)] = [("welcome", member.name)]
+        self._expect(others, ("joined", member.name))
+        return member
+
+    @rule(member=members)
+    def say(self, member: Member) -> None:
+        self.n += 1
+        self.hub.handle(member, Say(f"m{self.n}"))
+        if member.present:
+            self._expect(self._present(), ("message", member.name, f"m{self.n}"))
+
+    @rule(member=members, target_index=st.integers(0, 10))
+    def whisper(self, member: Member, target_index: int) -> None:
+        present = self._present()
+        target = present[target_index % len(present)] if present else None
+        self.n += 1
+        to = target.name if target is not None else "nobody-here"
+        error = self.hub.handle(member, Private(to, f"p{self.n}"))
+        if not member.present:
+            assert error is None
+        elif target is None:
+            assert error is not None
+        else:
+            assert error is None
+            event = ("private", member.name, target.name, f"p{self.n}")
+            self._expect([target] if target is member else [target, member], event)
+
+    @rule(member=members, name=NAMES)
+    def rename(self, member: Member, name: str) -> None:
+        old = member.name
+        taken = {name_key(m.name) for m in self._present() if m is not member}
+        error = self.hub.handle(member, Nick(name))
+        new = name.strip()
+        if not member.present or new == old:
+            assert error is None
+        elif name_problem(new) is not None or name_key(new) in taken:
+            assert error is not None
+        else:
+            assert error is None and member.name == new
+            self._expect(self._present(), ("renamed", old, new))
+
+    @rule(member=consumes(members), reason=st.sampled_from(["quit", "lost", "timeout"]))
+    def leave(self, member: Member, reason: str) -> None:
+        was_present = member.present
+        self.hub.leave(member, reason)
+        if was_present:
+            self._expect(self._present(), ("left", member.name, reason))
+
+    @precondition(lambda self: self.inboxes)
+    @rule(data=st.data())
+    def read_some(self, data: st.DataObject) -> None:
+        inbox = data.draw(st.sampled_from(list(self.inboxes.values())))
+        inbox.read()
+
+    @invariant()
+    def names_are_unique_and_as_modelled(self) -> None:
+        names = self.hub.names()
+        assert len({name_key(n) for n in names}) == len(names)
+        assert sorted(names) == sorted(m.name for m in self._present())
+
+    def teardown(self) -> None:
+        for key, inbox in self.inboxes.items():
+            inbox.read()
+            got = [_summary(f) for f in inbox.frames]
+            assert got == self.expected[key]
+            assert seqs(inbox.frames) == sorted(set(seqs(inbox.frames)))
+
+
+def _summary(frame: Frame) -> tuple[str, ...]:
+    if isinstance(frame, Welcome):
+        return ("welcome", frame.name)
+    if isinstance(frame, Joined):
+        return ("joined", frame.name)
+    if isinstance(frame, Message):
+        return ("message", frame.sender, frame.text)
+    if isinstance(frame, PrivateMessage):
+        return ("private", frame.sender, frame.to, frame.text)
+    if isinstance(frame, Renamed):
+        return ("renamed", frame.old, frame.new)
+    if isinstance(frame, Left):
+        return ("left", frame.name, frame.reason)
+    return ("other", frame.TYPE)
+
+
+HubModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+test_hub_against_its_model = HubModel.TestCase

@@ -1,4 +1,4 @@
-"""StreamLog: shared outbound streams with a cursor per member (no sockets)."""
+"""StreamLog: shared outbound streams with a cursor per member (netchat/streamlog.py)."""
 
 from __future__ import annotations
 
@@ -8,56 +8,38 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netchat.hub import Hub, Outbound
-from netchat.protocol.frames import Info, Message, Say, Welcome, decode_frame
+from netchat import streamlog
+from netchat.hub import Outbound
+from netchat.protocol.frames import Info, Message, decode_frame
 from netchat.protocol.render import render_text
-from netchat.transport import streamlog
-from netchat.transport.streamlog import StreamLog
+from netchat.streamlog import Cursor, StreamLog, WireFormat
 
-
-class FakeSession:
-    """A session that reads text (plain) or JSON (structured)."""
-
-    def __init__(self, peer: str, structured: bool = False) -> None:
-        self.peer = peer
-        self.structured = structured
-        self.direct: list[Outbound] = []
-        self.closed: list[str] = []
-
-    def deliver(self, out: Outbound) -> bool:
-        self.direct.append(out)
-        return True
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
-
-
-def make_log() -> StreamLog:
-    return StreamLog(lambda session: not getattr(session, "structured", False))
+TEXT, JSON = WireFormat.TEXT, WireFormat.JSON
 
 
 def message(n: int, text: str = "hi") -> Outbound:
     return Outbound(Message("alice", f"{text} {n}", 1.0, n))
 
 
+def encoded(out: Outbound, cursor: Cursor) -> bytes:
+    return out.text if cursor.format is TEXT else out.json
+
+
 def test_a_member_gets_broadcasts_from_its_join_on_with_its_own_frames_in_place() -> None:
-    log = make_log()
-    early, late = FakeSession("early"), FakeSession("late")
-    log.add(early)
+    log = StreamLog()
+    early = log.open(TEXT)
     log.broadcast(message(1))
-    log.add(late)
-    log.send(late, Outbound(Info("just for late")))
+    late = log.open(TEXT)
+    log.patch(late, Outbound(Info("just for late")))
     log.broadcast(message(2))
     assert log.take(early) == message(1).text + message(2).text
     assert log.take(late) == Outbound(Info("just for late")).text + message(2).text
-    assert log.take(early) == b"" and log.pending(early) == 0
+    assert log.take(early) == b"" and log.owed(early) == 0
 
 
 def test_json_and_text_members_read_their_own_format() -> None:
-    log = make_log()
-    plain, structured = FakeSession("plain"), FakeSession("structured", structured=True)
-    log.add(plain)
-    log.add(structured)
+    log = StreamLog()
+    plain, structured = log.open(TEXT), log.open(JSON)
     out = message(7, "привет")
     log.broadcast(out)
     assert log.take(plain) == render_text(out.frame)
@@ -65,32 +47,30 @@ def test_json_and_text_members_read_their_own_format() -> None:
 
 
 def test_a_member_that_left_is_owed_what_came_before_and_nothing_after() -> None:
-    log = make_log()
-    leaving = FakeSession("leaving")
-    log.add(leaving)
+    log = StreamLog()
+    leaving = log.open(TEXT)
     log.broadcast(message(1))
-    log.remove(leaving)
+    log.stop(leaving)
     log.broadcast(message(2))
-    assert log.send(leaving, message(3)) is False  # not a member: the hub sends directly
-    assert log.pending(leaving) == len(message(1).text)
+    log.patch(leaving, message(3))  # not a member any more: ignored
+    assert log.owed(leaving) == len(message(1).text)
     assert log.take(leaving) == message(1).text
-    assert not log.owes(leaving)
+    assert not log.may_owe(leaving) and log.take(leaving) == b""
 
 
-def test_pending_counts_stream_bytes_and_patches_and_owes_agrees() -> None:
-    log = make_log()
-    member = FakeSession("m")
-    assert not log.owes(member) and log.pending(member) == 0
-    log.add(member)
+def test_owed_counts_stream_bytes_and_patches_and_may_owe_agrees() -> None:
+    log = StreamLog()
+    member = log.open(TEXT)
+    assert not log.may_owe(member) and log.owed(member) == 0
     log.broadcast(message(1))
-    log.send(member, message(2))
-    assert log.owes(member)
-    assert log.pending(member) == len(message(1).text) + len(message(2).text)
+    log.patch(member, message(2))
+    assert log.may_owe(member)
+    assert log.owed(member) == len(message(1).text) + len(message(2).text)
 
 
 def test_a_format_nobody_reads_is_not_encoded() -> None:
-    log = make_log()
-    log.add(FakeSession("plain"))
+    log = StreamLog()
+    log.open(TEXT)
     out = message(1)
     log.broadcast(out)
     object.__getattribute__(out, "text")  # the text slot was filled …
@@ -98,32 +78,48 @@ def test_a_format_nobody_reads_is_not_encoded() -> None:
         object.__getattribute__(out, "json")  # … the JSON one never was
 
 
-def test_the_stream_is_trimmed_once_everyone_has_read_it() -> None:
-    log = make_log()
-    fast, slow = FakeSession("fast"), FakeSession("slow")
-    log.add(fast)
-    log.add(slow)
+def test_a_closed_cursor_is_owed_nothing_and_pins_nothing() -> None:
+    log = StreamLog()
+    gone, reader = log.open(TEXT), log.open(TEXT)
+    log.broadcast(message(1))
+    log.close(gone)
+    log.close(gone)  # idempotent
+    assert log.take(gone) == b"" and log.owed(gone) == 0
     big = Outbound(Info("x" * 1000))
-    for _ in range(3 * streamlog.TRIM_BYTES // 1000):
+    for _ in range(2 * streamlog.TRIM_BYTES // 1000):
+        log.broadcast(big)
+        log.take(reader)
+    assert log.owed(reader) == 0
+    # `gone` never read, yet the stream was cut.
+    assert sum(len(s) for s in log._streams.values()) <= streamlog.TRIM_BYTES
+
+
+def test_the_stream_is_trimmed_once_everyone_has_read_it() -> None:
+    log = StreamLog()
+    fast, slow = log.open(TEXT), log.open(TEXT)
+    big = Outbound(Info("x" * 1000))
+    rounds = 3 * streamlog.TRIM_BYTES // 1000
+    for _ in range(rounds):
         log.broadcast(big)
         log.take(fast)
     # The slow member pins the stream: nothing it is owed was cut.
-    assert log.pending(slow) == 3 * streamlog.TRIM_BYTES // 1000 * len(big.text)
-    everything = log.take(slow)
-    assert everything == big.text * (3 * streamlog.TRIM_BYTES // 1000)
+    assert log.owed(slow) == rounds * len(big.text)
+    assert log.take(slow) == big.text * rounds
     # Once both have read it, the stream is cut within TRIM_BYTES of further traffic.
     for _ in range(streamlog.TRIM_BYTES // 1000):
         log.broadcast(big)
         log.take(fast)
         log.take(slow)
-    assert len(log._streams[True]) <= streamlog.TRIM_BYTES
+    assert log.owed(fast) == 0
+    # Memory is the point here, so the test looks at the private buffers.
+    assert sum(len(s) for s in log._streams.values()) <= streamlog.TRIM_BYTES
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["broadcast", "send", "take", "join", "leave"]),
+            st.sampled_from(["broadcast", "patch", "take", "join", "leave"]),
             st.integers(min_value=0, max_value=2),
         ),
         max_size=60,
@@ -131,93 +127,73 @@ def test_the_stream_is_trimmed_once_everyone_has_read_it() -> None:
 )
 def test_every_member_receives_exactly_its_frames_in_order(ops: list[tuple[str, int]]) -> None:
     """Model check: concatenated takes equal what a per-member queue would hold."""
-    log = make_log()
-    sessions = [FakeSession(f"s{i}", structured=i == 1) for i in range(3)]
-    member = [False] * 3
+    log = StreamLog()
+    formats = [TEXT, JSON, TEXT]
+    cursors: list[Cursor | None] = [None, None, None]
+    past: list[list[Cursor]] = [[], [], []]  # a member may join again with a new cursor
     expected: list[list[bytes]] = [[], [], []]
     received: list[bytes] = [b"", b"", b""]
     for n, (op, who) in enumerate(ops):
-        session = sessions[who]
-        if op == "join" and not member[who]:
-            log.add(session)
-            member[who] = True
-        elif op == "leave" and member[who]:
-            log.remove(session)
-            member[who] = False
+        cursor = cursors[who]
+        if op == "join" and cursor is None:
+            cursors[who] = log.open(formats[who])
+        elif op == "leave" and cursor is not None:
+            log.stop(cursor)
+            past[who].append(cursor)
+            cursors[who] = None
         elif op == "broadcast":
             out = message(n)
             log.broadcast(out)
             for i in range(3):
-                if member[i]:
-                    expected[i].append(out.json if sessions[i].structured else out.text)
-        elif op == "send":
+                current = cursors[i]
+                if current is not None:
+                    expected[i].append(encoded(out, current))
+        elif op == "patch" and cursor is not None:
             out = Outbound(Info(f"for {who} #{n}"))
-            if log.send(session, out):
-                expected[who].append(out.json if session.structured else out.text)
-            else:
-                assert not member[who]
+            log.patch(cursor, out)
+            expected[who].append(encoded(out, cursor))
         elif op == "take":
-            received[who] += log.take(session)
+            for old in past[who]:
+                received[who] += log.take(old)
+            if cursor is not None:
+                received[who] += log.take(cursor)
     for i in range(3):
-        received[i] += log.take(sessions[i])
+        for old in past[i]:
+            received[i] += log.take(old)
+        current = cursors[i]
+        if current is not None:
+            received[i] += log.take(current)
         assert received[i] == b"".join(expected[i])
 
 
-def test_with_a_hub_members_get_welcome_broadcasts_and_errors_through_the_log() -> None:
-    hub = Hub()
-    log = make_log()
-    hub.fanout = log
-    alice, bob = FakeSession("alice"), FakeSession("bob", structured=True)
-    hub.join(alice, "alice")
-    hub.join(bob, "bob")
-    hub.handle(alice, Say("hello"))
-    hub.report_error(bob, "bad-command", "nope")
-    stranger = FakeSession("stranger")
-    hub.report_error(stranger, "not-joined", "join first")  # not a member: delivered directly
-    assert [o.frame.TYPE for o in stranger.direct] == ["error"]
-    frames = [decode_frame(line) for line in log.take(bob).splitlines()]
-    assert isinstance(frames[0], Welcome)
-    assert [f.TYPE for f in frames] == ["welcome", "message", "error"]
-    text = log.take(alice).decode()
-    assert "Welcome, alice!" in text and "* bob joined" in text and "<alice> hello" in text
-    hub.leave(bob)
-    hub.handle(alice, Say("after bob"))
-    assert log.take(bob) == b""  # bob left before "after bob"
-    hub.shutdown("bye")
-    assert "server is shutting down: bye" in log.take(alice).decode()
-    assert alice.closed == ["server shutting down"]
-
-
 def test_concurrent_broadcasts_and_takes_lose_nothing() -> None:
-    log = make_log()
-    readers = [FakeSession(f"r{i}") for i in range(4)]
-    for reader in readers:
-        log.add(reader)
+    log = StreamLog()
+    readers = [log.open(TEXT) for _ in range(4)]
     lock = threading.Lock()  # stands in for the hub's lock: broadcasts are serialised
     total = 2000
     outs = [message(n) for n in range(total)]
+    whole = b"".join(o.text for o in outs)
 
     def produce() -> None:
         for out in outs:
             with lock:
                 log.broadcast(out)
 
-    received = {reader.peer: bytearray() for reader in readers}
+    received = [bytearray() for _ in readers]
 
-    def consume(reader: FakeSession) -> None:
+    def consume(index: int) -> None:
         for _ in range(20_000):  # bounded
-            received[reader.peer] += log.take(reader)
-            if len(received[reader.peer]) >= sum(len(o.text) for o in outs):
+            received[index] += log.take(readers[index])
+            if len(received[index]) >= len(whole):
                 return
 
     threads = [threading.Thread(target=produce)] + [
-        threading.Thread(target=consume, args=(r,)) for r in readers
+        threading.Thread(target=consume, args=(i,)) for i in range(len(readers))
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    whole = b"".join(o.text for o in outs)
-    for reader in readers:
-        received[reader.peer] += log.take(reader)
-        assert bytes(received[reader.peer]) == whole
+    for index, reader in enumerate(readers):
+        received[index] += log.take(reader)
+        assert bytes(received[index]) == whole

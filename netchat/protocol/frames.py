@@ -46,6 +46,7 @@ __all__ = [
     "Nick",
     "Ping",
     "Pong",
+    "Presence",
     "Private",
     "PrivateMessage",
     "Quit",
@@ -67,7 +68,7 @@ class Frame:
 
     TYPE: ClassVar[str] = ""
     #: (field, predicate, type name) for each field, set when the type is registered
-    _checks: ClassVar[tuple[tuple[str, typing.Callable[[object], bool], str], ...]] = ()
+    FIELD_CHECKS: ClassVar[tuple[tuple[str, typing.Callable[[object], bool], str], ...]] = ()
 
 
 #: type name -> (frame class, {field name: python type})
@@ -86,7 +87,7 @@ def _register(type_name: str) -> typing.Callable[[_F], _F]:
             (name, _checker(expected), getattr(expected, "__name__", str(expected)))
             for name, expected in spec.items()
         )
-        cls._checks = checks
+        cls.FIELD_CHECKS = checks
         return cls
 
     return decorate
@@ -129,7 +130,7 @@ class _Validated:
     """Mixin: check declared field types on construction, like h11's events."""
 
     def __post_init__(self) -> None:
-        for name, is_valid, wanted in typing.cast(Frame, self)._checks:
+        for name, is_valid, wanted in typing.cast(Frame, self).FIELD_CHECKS:
             value = getattr(self, name)
             if not is_valid(value):
                 raise LocalProtocolError(
@@ -284,6 +285,23 @@ class Left(_Validated, Frame):
     seq: int
     reason: str = "quit"
     detail: str = ""
+
+
+@_register("presence")
+@dataclass(frozen=True)
+class Presence(_Validated, Frame):
+    """Many arrivals and departures in one notice, sent instead of one ``joined`` or
+    ``left`` frame each while users come and go faster than a chat can show.
+
+    ``more_joined`` and ``more_left`` count names left out to keep the frame small.
+    """
+
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+    ts: float
+    seq: int
+    more_joined: int = 0
+    more_left: int = 0
 
 
 @_register("renamed")

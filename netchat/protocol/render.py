@@ -19,6 +19,7 @@ from .frames import (
     Message,
     Ping,
     Pong,
+    Presence,
     PrivateMessage,
     Renamed,
     Shutdown,
@@ -51,6 +52,14 @@ def users_line(users: tuple[str, ...]) -> str:
     return f"Online ({len(users)}): " + ", ".join(_s(u) for u in users)
 
 
+def _crowd(names: tuple[str, ...], more: int) -> str:
+    """``alice, bob and 3 more`` (no "and" before a lone name)."""
+    shown = ", ".join(_s(n) for n in names)
+    if not more:
+        return shown
+    return f"{shown} and {more} more" if shown else f"{more} users"
+
+
 _LEFT = {
     "quit": "{name} left",
     "lost": "{name} left (connection lost)",
@@ -73,6 +82,15 @@ def render_lines(frame: Frame) -> list[str]:
     if isinstance(frame, Left):
         line = _LEFT.get(frame.reason, "{name} left").format(name=_s(frame.name))
         return [f"* {line}" + (f": {_s(frame.detail)}" if frame.detail else "")]
+    if isinstance(frame, Presence):
+        return [
+            f"* {_crowd(names, more)} {verb}"
+            for names, more, verb in (
+                (frame.joined, frame.more_joined, "joined"),
+                (frame.left, frame.more_left, "left"),
+            )
+            if names or more
+        ]
     if isinstance(frame, Renamed):
         return [f"* {_s(frame.old)} is now known as {_s(frame.new)}"]
     if isinstance(frame, UserList):

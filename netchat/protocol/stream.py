@@ -38,6 +38,12 @@ class LineReader:
         """Bytes held that do not yet form a complete line."""
         return len(self._buffer) - self._start
 
+    def has_line(self) -> bool:
+        """True when :meth:`next_line` has something to return or raise."""
+        if len(self._buffer) - self._start > self.max_line:
+            return True
+        return self._buffer.find(b"\n", self._start + self._scanned) >= 0
+
     def next_line(self) -> bytes | None:
         """Return the next complete line without its ``\\n`` (and ``\\r``), or ``None``.
 
@@ -72,6 +78,24 @@ class LineReader:
                 raise FrameTooLarge(f"line longer than {self.max_line} bytes")
             return line
 
+    def take_partial(self) -> bytes:
+        """Take the bytes held that do not yet form a line, as a line of their own.
+
+        For senders that never end a line (see :mod:`netchat.session`: an idle gap
+        ends their line). Only complete UTF-8 characters are taken: a character cut
+        between two reads stays for the next line. Nothing is returned while the
+        rest of an oversized line is being discarded.
+        """
+        if self._discarding:
+            return b""
+        held = self._buffer[self._start :]
+        cut = len(held) - incomplete_utf8_tail(held)
+        line = bytes(held[:cut])
+        del self._buffer[: self._start + cut]
+        self._start = 0
+        self._scanned = 0
+        return line.rstrip(b"\r")
+
     def _compact(self) -> None:
         if self._start:
             del self._buffer[: self._start]
@@ -81,3 +105,16 @@ class LineReader:
         self._buffer.clear()
         self._start = 0
         self._scanned = 0
+
+
+def incomplete_utf8_tail(data: bytes | bytearray) -> int:
+    """How many bytes at the end of ``data`` are the start of a UTF-8 character still
+    missing its continuation bytes (0 to 3)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return 0  # ASCII: complete
+        if byte >= 0xC0:  # a lead byte: how long should its character be?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return back if back < need else 0
+    return 0  # only continuation bytes: invalid anyway, decoding will say so

@@ -7,20 +7,27 @@ obtained, the hub and the client code are written once against these interfaces 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, fields
 from typing import Protocol
 
+from ..errors import ConfigError
 from ..protocol.frames import Frame
+from ..protocol.limits import MAX_FRAME_BYTES
+from .registry import Proto
 
-
-class Proto(str, Enum):
-    """The transport a server or client uses (``--proto``)."""
-
-    tcp = "tcp"
-    udp = "udp"
-
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ChatEndpoint",
+    "ClientTransport",
+    "ClosedHandler",
+    "EventHandler",
+    "Proto",
+    "ServerConfig",
+    "ServerTransport",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -28,7 +35,13 @@ DEFAULT_PORT = 8080
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Every tunable of a server; the CLI maps its options onto these fields."""
+    """Every tunable of a server; the CLI maps its options onto these fields.
+
+    Validated on construction, so nonsense fails at once with a clear message.
+
+    Raises:
+        ConfigError: a value that cannot work, naming the field and the allowed range.
+    """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -36,17 +49,50 @@ class ServerConfig:
     max_clients: int = 1024
     #: most connections from one IP address (0 = no cap)
     max_per_address: int = 64
-    #: outbound backlog in bytes after which a member is dropped as too slow
+    #: most connections that have not joined yet; past it the oldest is let go
+    max_pending: int = 128
+    #: bytes a member may be owed before it is dropped as too slow
     max_queue: int = 1024 * 1024
-    #: chat messages per second per client (0 = unlimited), and the burst allowed
+    #: lines per second per client (0 = unlimited), and the burst allowed
     rate_limit: float = 20.0
     burst: int = 100
     #: seconds a new connection has to send its name
     registration_timeout: float = 30.0
     #: seconds of silence before a ping; a member silent for 3 intervals is dropped
     ping_interval: float = 30.0
+    #: seconds of quiet that end a line for a plain client that never sends newlines
+    line_gap: float = 0.15
     server_name: str = "netchat"
     motd: str = ""
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("int", "float") and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                raise ConfigError(f"{field.name} must be a number, not {value!r}", field=field.name)
+            if field.type == "str" and not isinstance(value, str):
+                raise ConfigError(f"{field.name} must be text, not {value!r}", field=field.name)
+        _check_range("port", self.port, 0, 65535)
+        _check_range("max_clients", self.max_clients, 1)
+        _check_range("max_per_address", self.max_per_address, 0)
+        _check_range("max_pending", self.max_pending, 1)
+        # A member must be able to be owed at least one whole frame (its welcome).
+        _check_range("max_queue", self.max_queue, MAX_FRAME_BYTES)
+        _check_range("rate_limit", self.rate_limit, 0)
+        _check_range("burst", self.burst, 1)
+        _check_range("registration_timeout", self.registration_timeout, 0.1)
+        _check_range("ping_interval", self.ping_interval, 0.1)
+        _check_range("line_gap", self.line_gap, 0.01, 10)
+        if not self.server_name.strip():
+            raise ConfigError("server_name must not be empty", field="server_name")
+
+
+def _check_range(name: str, value: float, low: float, high: float = math.inf) -> None:
+    if not (low <= value <= high) or value != value:  # value != value: NaN
+        allowed = f"at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
+        raise ConfigError(f"{name} must be {allowed}, not {value!r}", field=name)
 
 
 class ServerTransport(Protocol):

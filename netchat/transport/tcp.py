@@ -1,446 +1,314 @@
-"""The threaded TCP server: a reader and a writer thread for every connection.
+"""The threaded TCP server: one thread per connection pumps bytes through its session.
 
 Strategy
 --------
-Each accepted connection gets two threads. The *reader* owns ``recv``: it splits the
-stream into lines with :class:`LineReader`, turns lines into request frames and hands
-them to the hub. Sending is arranged so that a broadcast costs as little as possible
-per member and a slow member costs only itself:
+Everything a connection means lives in its :class:`~netchat.session.ServerSession`;
+this module only moves bytes and time in and out of it. Each accepted connection
+runs on a thread of its own (the lab's threading model) that ``recv``\\ s, feeds the
+session, and asks it when to wake up. The kernel keeps the time: the socket stays in
+blocking mode with ``SO_RCVTIMEO`` set to the session's next deadline, so waiting
+costs no extra system call.
 
-- The hub sends through the server's :class:`StreamLog` (its ``Fanout``): a
-  broadcast is encoded once per wire format and appended once to a shared stream;
-  each member only has an offset into it. Frames for one member are spliced in at
-  their place. So a message costs no work per member when it is sent.
-- After each batch of input, a reader *flushes* (:meth:`TcpServer.flush_all`): every
-  member that is owed bytes gets one slice of its stream in one non-blocking send,
-  however many messages it holds, and no thread is woken.
-- When a member's kernel buffer is full, what is left goes to its *writer* thread,
-  which blocks in ``sendall`` so that nobody else has to. The writer also sends the
-  goodbyes when a connection closes. Frames for a connection that is not a member
-  (the greeting, a refusal) go through its own small queue.
+Sending is arranged so that a broadcast costs as little as possible per member and a
+slow member costs only itself:
 
-What a member is owed is bounded (``max_queue`` bytes): past it the member is dropped
-as too slow and its socket is shut down at once, which wakes its blocked writer. The
-shared streams are cut once every member has read past their start, so server memory
-stays bounded by about ``max_queue`` plus a megabyte per stream, plus per-connection
-leftovers of at most ``max_queue`` each.
+- The hub keeps each broadcast once in its stream log; a member's session hands out
+  one slice of it (:meth:`~netchat.session.ServerSession.data_to_send`).
+- After each batch of input, a connection's thread *flushes* for everyone
+  (:meth:`TcpServer.flush_all`): every member that is owed bytes gets one slice in one
+  non-blocking ``send(..., MSG_DONTWAIT)``, however many messages it holds. One
+  thread flushes at a time; the others leave a request and go back to reading.
+- A member whose kernel buffer is full is *stalled*: what it could not take waits in
+  its connection (at most one slice) and the server's single :class:`Drainer` thread
+  sends it when ``poll`` says there is room. The rest stays in the stream log, where
+  the session drops the member once it is owed more than ``max_queue``.
 
-Two kinds of client share the port. The server greets every connection with a text
-line; a first line that is a JSON ``hello`` frame makes the connection *structured*
-(JSON frames both ways), anything else makes it *plain* (``nc``/``telnet``: the first
-line is the name, later lines are messages or ``/commands``, and the server sends
-readable UTF-8 lines). Both end up as the same frames at the hub.
-
-Liveness: a structured member silent for ``ping_interval`` is pinged and dropped
-after three silent intervals. Plain members cannot answer pings, so TCP keepalive
-detects their dead peers; a blocked send times out after ``ping_interval``.
+So threads never block on someone else's socket, memory per member is bounded, and
+the server holds one thread per connection plus two (accept, drain).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
-import os
+import select
 import selectors
 import socket
+import struct
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
-from typing import Literal
 
-from ..errors import CommandError, FrameTooLarge, ProtocolError, Rejected
-from ..hub import Hub, Outbound
-from ..protocol.banner import banner_line
-from ..protocol.commands import parse_input
-from ..protocol.frames import Error, Frame, Hello, Ping, Pong, Shutdown, decode_frame
-from ..protocol.ratelimit import TokenBucket
-from ..protocol.stream import LineReader
+from ..admission import Admission
+from ..errors import Rejected
+from ..hub import Hub
+from ..session import Phase, ServerSession, SessionPolicy
 from .base import ServerConfig
-from .streamlog import StreamLog
 
 log = logging.getLogger("netchat.tcp")
 
-Mode = Literal["unknown", "plain", "structured"]
-
 _RECV_BYTES = 65536
-_SHUTDOWN_GRACE = 3.0  # seconds the writers get to flush goodbyes on shutdown
-_MISSED_PINGS_ALLOWED = 2  # dropped on the third silent interval
-# Lines a reader handles between flushes: one flush carries many messages to each
-# member, yet a huge burst cannot pile up past a member's max_queue before it leaves.
-_FLUSH_EVERY = 64
+#: Seconds closing connections get to send their goodbyes (server shutdown, /quit).
+CLOSE_GRACE = 3.0
+#: Seconds a connection's thread sleeps at most between looks at its session.
+_MAX_WAIT = 1.0
+#: Below this, a receive timeout is not worth a system call to change.
+_TIMEOUT_STEP = 0.01
+#: Dead peers are detected within about a minute: unacknowledged data for this long
+#: (TCP_USER_TIMEOUT), or keepalive probes unanswered after an idle minute.
+USER_TIMEOUT_MS = 60_000
+_KEEPALIVE = (("TCP_KEEPIDLE", 45), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
 
 
-def _greeting(config: ServerConfig) -> bytes:
-    # One complete line: a structured client reads lines and skips non-JSON ones
-    # before its welcome, so the greeting must never leave a partial line behind.
-    return banner_line(config.server_name)
+def format_peer(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class TcpConnection:
-    """One client connection: the hub's :class:`~netchat.hub.Session` for TCP."""
+    """One client connection: a socket, its session, and the thread that pumps them."""
 
-    def __init__(self, server: TcpServer, sock: socket.socket, address: tuple[str, int]):
+    def __init__(
+        self, server: TcpServer, sock: socket.socket, peer: str, session: ServerSession
+    ) -> None:
         self.server = server
         self.sock = sock
-        self.ip = address[0]
-        self.peer = (
-            f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
-        )
-        self.mode: Mode = "unknown"
-        # Frames (or raw bytes) for this connection alone, not yet encoded: the
-        # greeting, refusals, pings, errors before joining. deque.append and popleft
-        # are atomic, so appending takes no lock.
-        self._queue: deque[Outbound | bytes] = deque()
-        # The Session's deliver(): members get their frames through the stream log;
-        # the hub delivers here only to a connection that has not joined (an error
-        # before the welcome). Encoding and sending happen in flush().
-        self.deliver: Callable[[Outbound], None] = self._queue.append
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._backlog: list[bytes] = []  # the unsent rest of a partial send
-        self._queued = 0  # bytes in _backlog plus bytes a sender took but has not sent
-        self._closing = False
-        self._overflowed = False
-        self._aborted = False
-        self._max_queue = server.config.max_queue
-        # True while one thread (a flushing reader or the writer) sends bytes taken
-        # from _backlog; only one may, or the byte order would break.
-        self._sending = False
-        # A non-blocking twin of the socket for flush(): the main socket has a
-        # timeout, and CPython polls (and may wait) before sending on such a socket.
-        self._direct = socket.socket(
-            sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno())
-        )
-        self._direct.setblocking(False)
-        self.reader = threading.Thread(
-            target=self._read_loop, name=f"netchat-read-{self.peer}", daemon=True
-        )
-        self.writer = threading.Thread(
-            target=self._write_loop, name=f"netchat-write-{self.peer}", daemon=True
-        )
+        self.peer = peer
+        self.session = session
+        #: the client's kernel buffer was full: the drainer sends when there is room
+        self.stalled = False
+        self._unsent = b""  # what a partial send left, sent before anything newer
+        self._send_lock = threading.Lock()  # one sender at a time keeps bytes in order
+        self._receive_timeout = -1.0
+        self.thread = threading.Thread(target=self.run, name=f"netchat-{peer}", daemon=True)
 
-    # --- Session interface ---------------------------------------------------------
+    # --- the connection's thread ---------------------------------------------------------
 
-    def close(self, reason: str) -> None:
-        if self._overflowed:
-            # The peer stopped reading: nothing queued can reach it, so do not wait.
-            log.warning("%s: disconnecting: %s", self.peer, reason)
-            self.abort()
-            return
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+    def run(self) -> None:
+        try:
+            self._pump()
+        except Exception:
+            log.exception("%s: unexpected error; disconnecting", self.peer)
+            self.session.connection_lost("server error")
+        finally:
+            self._close()
 
-    # --- plumbing --------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.writer.start()
-        self.reader.start()
-
-    def send_bytes(self, data: bytes) -> None:
-        """Queue raw bytes (the greeting, a refusal) in order with the frames."""
-        self._queue.append(data)
-
-    def _take_locked(self) -> bytes:
-        """Everything owed, in order: unsent leftovers, then frames queued on this
-        connection, then what the shared stream log holds for it."""
-        if not self._queue and not self._backlog:  # the common case, once per flush
-            data = self.server.stream_log.take(self)
-            self._queued += len(data)
-            return data
-        popleft = self._queue.popleft
-        items = [popleft() for _ in range(len(self._queue))]  # more may arrive meanwhile
-        if self.mode == "structured":
-            fresh = [i if isinstance(i, bytes) else i.json for i in items]
-        else:
-            fresh = [i if isinstance(i, bytes) else i.text for i in items]
-        logged = self.server.stream_log.take(self)
-        if logged:
-            fresh.append(logged)
-        self._queued += sum(map(len, fresh))  # leftovers were counted already
-        parts, self._backlog = self._backlog + fresh, []
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _keeps_up_locked(self, untaken: int) -> bool:
-        """False (and marked) once what the member is owed passes ``max_queue``.
-
-        ``untaken``: bytes it is owed beyond those counted in ``_queued``.
-        """
-        if self._queued + untaken > self._max_queue:
-            self._overflowed = True
-        return not self._overflowed
-
-    def flush(self) -> bool:
-        """Send what is owed with non-blocking sends on the calling thread.
-
-        Never blocks: when the kernel buffer is full, the rest is left to the writer
-        thread. Returns False when the member cannot keep up (what it is owed passed
-        ``max_queue``); the caller then drops it.
-        """
-        with self._lock:
-            if self._closing:
-                return True  # the writer sends the goodbyes
-            if self._sending:  # the thread that is sending takes the rest next
-                return self._keeps_up_locked(self.server.stream_log.pending(self))
-            data = self._take_locked()  # counts what it takes in _queued
-            if not self._keeps_up_locked(0):
-                return False
-            if not data:
-                return True
-            self._sending = True
-        while True:
+    def _pump(self) -> None:
+        session, sock, server = self.session, self.sock, self.server
+        server.flush_all()  # the banner
+        while session.phase in (Phase.REGISTERING, Phase.JOINED):
+            now = time.monotonic()
+            paused = session.paused_until
+            if paused is not None:
+                # Over its rate: read nothing, so TCP pushes back on the sender.
+                time.sleep(min(max(0.0, paused - now), _MAX_WAIT))
+                session.tick(time.monotonic())
+                server.flush_all()
+                continue
+            self._set_receive_timeout(session.next_deadline(), now)
             try:
-                sent = self._direct.send(data)
+                data = sock.recv(_RECV_BYTES)
+            except (BlockingIOError, TimeoutError):  # the session's deadline came
+                session.tick(time.monotonic())
+                server.flush_all()
+                continue
+            except OSError as exc:
+                quiet = exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
+                session.connection_lost("" if quiet else (exc.strerror or str(exc)).lower())
+                return
+            # Joins and closes need nothing from here: the loop follows the phase.
+            now = time.monotonic()
+            session.receive_data(data, now)
+            deadline = session.next_deadline()
+            if deadline is not None and deadline <= now:
+                session.tick(now)
+            server.flush_all()  # what the session did is owed to someone
+        self._send_goodbyes()
+
+    def _set_receive_timeout(self, deadline: float | None, now: float) -> None:
+        wait = _MAX_WAIT if deadline is None else min(_MAX_WAIT, max(0.0, deadline - now))
+        wait = max(_TIMEOUT_STEP, round(wait / _TIMEOUT_STEP) * _TIMEOUT_STEP)
+        if abs(wait - self._receive_timeout) >= _TIMEOUT_STEP / 2:
+            seconds = int(wait)
+            timeval = struct.pack("ll", seconds, int((wait - seconds) * 1_000_000))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            self._receive_timeout = wait
+
+    def _send_goodbyes(self) -> None:
+        """The session is closing: send what it is still owed (bounded), then FIN."""
+        session = self.session
+        if session.abort:
+            return
+        self.server.flush_all()  # the departure notice, for everyone else
+        deadline = time.monotonic() + CLOSE_GRACE
+        if not self._send_lock.acquire(timeout=CLOSE_GRACE):
+            return
+        try:
+            data = self._unsent + session.data_to_send()
+            self._unsent = b""
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if data:
+                self.sock.sendall(data)
+            self.sock.shutdown(socket.SHUT_WR)
+            # Read until the client closes too, so the kernel does not answer late
+            # input with a reset that could destroy the goodbye on its way.
+            while time.monotonic() < deadline and self.sock.recv(_RECV_BYTES):
+                pass
+        except OSError as exc:
+            log.debug("%s: goodbye not delivered: %s", self.peer, exc)
+        finally:
+            self._send_lock.release()
+
+    def _close(self) -> None:
+        self.session.finished()
+        self.server.forget(self)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # --- sending, from whichever thread flushes -------------------------------------------
+
+    def flush(self) -> None:
+        """Send what the session owes without blocking; a full kernel buffer stalls
+        the connection and hands the rest to the drainer.
+
+        Never waits for another sender: if one is busy, it looks for new output
+        after it lets go, so nothing is left behind.
+        """
+        session = self.session
+        while self._send_lock.acquire(blocking=False):
+            try:
+                if not self.stalled:
+                    self._send_owed()
+            finally:
+                self._send_lock.release()
+            if self.stalled or not session.has_output():
+                break
+        if session.abort:
+            self.abort()
+
+    def _send_owed(self) -> None:
+        session = self.session
+        for _ in range(2):  # what was left over, then what is new
+            data = self._unsent or session.data_to_send()
+            if not data:
+                return
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError:
-                sent = len(data)  # the connection is dead; its reader cleans up
-            with self._lock:
-                self._queued -= sent
-                if sent < len(data) or self._closing:
-                    if sent < len(data):
-                        self._backlog.insert(0, data[sent:])
-                    self._sending = False
-                    self._cond.notify()  # the writer takes over what is left
-                    return True
-                # More may have come while we sent. The hint is cheap and never misses
-                # bytes appended before it; later ones come with a new flush request.
-                data = self._take_locked() if self._owed_locked() else b""
-                if not data:
-                    self._sending = False
-                    return True
-
-    def send_frame(self, frame: Frame) -> None:
-        self.deliver(Outbound(frame))
+                self._unsent = b""  # the connection is dead; its thread finds out on recv
+                return
+            self._unsent = data[sent:]
+            if self._unsent:
+                self.stalled = True
+                self.server.drainer.watch(self)
+                return
 
     def abort(self) -> None:
-        """Shut the socket down now: wakes a reader blocked in recv and a writer in send."""
-        with self._cond:
-            self._closing = True
-            self._aborted = True
-            self._backlog.clear()
-            self._queue.clear()
-            self._cond.notify()
-        with contextlib.suppress(OSError):  # already disconnected
+        """Close now, without sending what is owed: wakes the connection's thread."""
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
-    def _owed_locked(self) -> bool:
-        return bool(self._backlog or self._queue) or self.server.stream_log.owes(self)
+    def wake(self) -> None:
+        """Wake the connection's thread from ``recv`` so it looks at its session."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
 
-    def _write_loop(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._closing and (self._sending or not self._owed_locked()):
-                        self._cond.wait()
-                    if self._aborted:
-                        return
-                    if self._sending:  # closing while a reader flushes: let it finish
-                        self._cond.wait(0.05)
-                        continue
-                    # Past max_queue this only grows the count; the next reader flush
-                    # drops the member (dropping needs the hub, outside our locks).
-                    data = self._take_locked()
-                    if not data:
-                        if self._closing:
-                            break  # everything has been sent
-                        continue
-                    self._sending = True
+
+class Drainer:
+    """The server's one thread that sends to stalled connections when they have room.
+
+    Only connections whose client stopped reading fast enough are watched, so the
+    ``poll`` set stays small; a connection leaves it as soon as it has caught up.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._new: list[TcpConnection] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, name="netchat-drain", daemon=True)
+
+    def watch(self, connection: TcpConnection) -> None:
+        with self._lock:
+            self._new.append(connection)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def stop(self) -> None:
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        self.thread.join(timeout=CLOSE_GRACE)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        watched: dict[int, TcpConnection] = {}
+        while not self._stop:
+            with self._lock:
+                new, self._new = self._new, []
+            for connection in new:
                 try:
-                    self.sock.sendall(data)  # may block: that is what this thread is for
-                finally:
-                    with self._cond:
-                        self._queued -= len(data)
-                        self._sending = False
-        except OSError as exc:
-            log.debug("%s: send failed: %s", self.peer, exc)
-        finally:
-            # Shutting down (rather than closing) wakes the reader; it closes the socket.
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-
-    def _read_loop(self) -> None:
-        hub = self.server.hub
-        leave_reason, detail = "lost", ""
-        try:
-            leave_reason, detail = self._converse()
-        except Exception:
-            log.exception("%s: unexpected error; disconnecting", self.peer)
-            leave_reason, detail = "lost", "server error"
-        finally:
-            hub.leave(self, leave_reason, detail)
-            self.server.flush_all()  # the departure notice
-            self.close(detail or leave_reason)
-            self.writer.join(timeout=_SHUTDOWN_GRACE)
-            if self.writer.is_alive():
-                self.abort()
-                self.writer.join(timeout=_SHUTDOWN_GRACE)
-            self._direct.close()
-            self.sock.close()
-            self.server._forget(self)
-
-    def _converse(self) -> tuple[str, str]:
-        """Run the connection; return the (reason, detail) of its end for the hub."""
-        config = self.server.config
-        lines = LineReader()
-        bucket = TokenBucket(config.rate_limit, config.burst)
-        joined = False
-        missed_pings = 0
-        # A deadline, not just a socket timeout: a client dripping one byte every few
-        # seconds must not hold a connection slot forever without joining.
-        registration_deadline = time.monotonic() + config.registration_timeout
-        self.send_bytes(_greeting(config))
-        while True:
-            self.server.flush_all()  # what this thread queued goes out before it may block
-            if not joined:
-                self.sock.settimeout(max(0.001, registration_deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(_RECV_BYTES)
-            except TimeoutError:
-                if not joined:
-                    self._refuse("registration-timeout", "no name received in time; goodbye")
-                    return "lost", "registration timeout"
-                if self.mode == "plain":
-                    continue  # a quiet nc user is fine; keepalive catches dead peers
-                missed_pings += 1
-                if missed_pings > _MISSED_PINGS_ALLOWED:
-                    return "timeout", ""
-                self.send_frame(Ping(str(missed_pings)))
-                continue
-            except OSError as exc:
-                return "lost", "" if exc.errno in (errno.ECONNRESET, errno.EPIPE) else str(exc)
-            if not data:
-                return "quit", ""  # an orderly close (Ctrl-D in nc) is a plain goodbye
-            missed_pings = 0
-            lines.feed(data)
-            for handled in itertools.count(1):
-                if handled % _FLUSH_EVERY == 0:
-                    self.server.flush_all()
+                    fd = connection.sock.fileno()
+                except OSError:
+                    fd = -1
+                if fd < 0:
+                    connection.stalled = False
+                    continue
+                watched[fd] = connection
+                poller.register(fd, select.POLLOUT)
+            for fd, _ in poller.poll(_MAX_WAIT * 1000):
+                if fd == self._wake_r.fileno():
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                    continue
+                connection = watched.pop(fd)
+                poller.unregister(fd)
+                connection.stalled = False
                 try:
-                    line = lines.next_line()
-                except FrameTooLarge as exc:
-                    self._error(
-                        exc.code, f"line dropped: longer than {lines.max_line} bytes", joined
-                    )
-                    continue
-                if line is None:
-                    break
-                if not joined:
-                    joined = self._register(line)
-                    if joined:
-                        self.sock.settimeout(config.ping_interval)
-                    elif time.monotonic() > registration_deadline:
-                        self._refuse("registration-timeout", "no name received in time; goodbye")
-                        return "lost", "registration timeout"
-                    continue
-                frame = self._parse(line)
-                if frame is None:
-                    continue
-                if not isinstance(frame, (Ping, Pong)):
-                    # Pausing the reader (not dropping) is how TCP rate limiting
-                    # pushes back: the kernel buffers fill and the sender slows down.
-                    pause = bucket.wait_time()
-                    if pause > 0:
-                        self.server.flush_all()
-                        time.sleep(pause)
-                    bucket.try_take()
-                self.server.hub.handle(self, frame)
-                if self._closing:
-                    return "quit", ""
-
-    def _register(self, line: bytes) -> bool:
-        """Handle a line from a connection that has not joined; True once it has."""
-        if self.mode == "unknown":
-            self.mode = "plain"
-            if line.startswith(b"{"):
-                try:
-                    frame = decode_frame(line)
-                except ProtocolError:
-                    frame = None
-                if isinstance(frame, Hello):
-                    self.mode = "structured"
-                    return self._join(frame.name)
-        if self.mode == "structured":
-            frame = self._parse(line)
-            if isinstance(frame, Hello):
-                return self._join(frame.name)
-            if frame is not None:
-                self._error("not-joined", "join first: send a hello frame", False)
-            return False
-        try:
-            name = line.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            self.send_bytes(b"! that name is not valid UTF-8; type your name again:\r\n")
-            return False
-        if not name:
-            self.send_bytes(b"Type your name and press Enter:\r\n")
-            return False
-        return self._join(name)
-
-    def _join(self, name: str) -> bool:
-        try:
-            self.server.hub.join(self, name)
-        except Rejected as exc:
-            if self.mode == "structured":
-                self.send_frame(Error(exc.code, str(exc), exc.suggestion or ""))
-            else:
-                self.send_bytes(f"! {exc}. Type another name:\r\n".encode())
-            return False
-        return True
-
-    def _parse(self, line: bytes) -> Frame | None:
-        """The request frame a joined member's line means, or None (error sent)."""
-        if self.mode == "structured":
-            if not line.strip():
-                return None
-            try:
-                return decode_frame(line)
-            except ProtocolError as exc:
-                self._error(exc.code, f"frame dropped: {exc}", True)
-                return None
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._error(
-                "bad-utf8", "line dropped: not valid UTF-8 (set your terminal to UTF-8)", True
-            )
-            return None
-        if not text.strip():
-            return None
-        try:
-            return parse_input(text)
-        except CommandError as exc:
-            self._error("bad-command", str(exc), True)
-            return None
-
-    def _error(self, code: str, text: str, joined: bool) -> None:
-        if joined:
-            self.server.hub.report_error(self, code, text)
-        else:
-            self.send_frame(Error(code, text))
-
-    def _refuse(self, code: str, text: str) -> None:
-        self.send_frame(Error(code, text))
-        self.close(text)
+                    connection.flush()  # may stall again and come back through watch()
+                except Exception:
+                    log.exception("%s: send failed", connection.peer)
+            for fd, connection in list(watched.items()):
+                if connection.session.phase is Phase.CLOSED:
+                    del watched[fd]
+                    with contextlib.suppress(KeyError, ValueError):
+                        poller.unregister(fd)
 
 
 class TcpServer:
-    """The TCP transport: accepts connections and runs each on its own threads.
+    """The TCP transport: accepts connections and runs each on a thread of its own.
 
     Args:
-        hub: where requests go.
+        hub: the chat.
         config: address, limits and timeouts.
+
+    Raises:
+        OSError: the address cannot be bound.
     """
 
     def __init__(self, hub: Hub, config: ServerConfig) -> None:
         self.hub = hub
         self.config = config
+        self.policy = SessionPolicy(
+            server_name=config.server_name,
+            stream=True,
+            max_queue=config.max_queue,
+            rate_limit=config.rate_limit,
+            burst=config.burst,
+            registration_timeout=config.registration_timeout,
+            ping_interval=config.ping_interval,
+            line_gap=config.line_gap,
+        )
+        self.admission = Admission(config.max_clients, config.max_per_address, config.max_pending)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._listener = socket.create_server(
-            (config.host, config.port), family=family, backlog=1024
+            (config.host, config.port), family=family, backlog=4096
         )
         self._listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
@@ -448,17 +316,10 @@ class TcpServer:
         self._connections: set[TcpConnection] = set()
         # An immutable snapshot for flush_all(), replaced on every change, so the hot
         # path iterates without taking the lock.
-        self._connection_list: tuple[TcpConnection, ...] = ()
+        self._snapshot: tuple[TcpConnection, ...] = ()
         self._flush_lock = threading.Lock()
         self._flush_requested = False
-        # Broadcasts are kept once, in one stream per wire format, for all members.
-        self.stream_log = StreamLog(
-            lambda session: (
-                not (isinstance(session, TcpConnection) and session.mode == "structured")
-            )
-        )
-        hub.fanout = self.stream_log
-        self._per_address: Counter[str] = Counter()
+        self.drainer = Drainer()
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._shutdown_reason = ""
@@ -471,19 +332,29 @@ class TcpServer:
 
     @property
     def connection_count(self) -> int:
-        with self._lock:
-            return len(self._connections)
+        """Connections being served (joined or not)."""
+        return len(self._snapshot)
 
     def serve_forever(self) -> None:
+        """Accept and serve until :meth:`shutdown`; then say goodbye and release all."""
         self._serving_thread = threading.get_ident()
+        self.drainer.thread.start()
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._listener, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
                 while not self._stop.is_set():
-                    for key, _ in selector.select():
+                    due = self.hub.presence_due()
+                    timeout = None if due is None else max(0.0, due - time.monotonic())
+                    for key, _ in selector.select(timeout):
                         if key.fileobj is self._listener:
                             self._accept_ready()
+                        else:
+                            with contextlib.suppress(OSError):
+                                self._wake_r.recv(64)
+                    if due is not None:
+                        self.hub.tick(time.monotonic())
+                        self.flush_all()
         finally:
             self._teardown()
             self._stopped.set()
@@ -495,17 +366,15 @@ class TcpServer:
         with contextlib.suppress(OSError):  # already torn down
             self._wake_w.send(b"x")
         if self._serving_thread is not None and self._serving_thread != threading.get_ident():
-            self._stopped.wait(timeout=3 * _SHUTDOWN_GRACE)
+            self._stopped.wait(timeout=3 * CLOSE_GRACE)
 
     def flush_all(self) -> None:
-        """Flush every connection with queued frames; drop members that cannot keep up.
+        """Send every connection what it is owed; drop members that cannot keep up.
 
-        Readers call this after each batch of input and before they block, so bytes
-        queued by a broadcast leave promptly without waking any thread. One reader
-        flushes at a time, for everyone: a reader that finds a flush under way only
-        leaves a request and goes back to reading, and the flushing one makes another
-        pass while requests keep coming. Fewer, fuller passes mean fewer sends, and
-        ten readers do not queue up behind each other's connection locks.
+        One thread flushes at a time, for everyone: a thread that finds a flush under
+        way leaves a request and returns to its own socket, and the flushing one makes
+        another pass while requests keep coming. Fewer, fuller passes mean fewer
+        sends.
         """
         self._flush_requested = True
         # Re-checked after releasing the lock: a request made while we were finishing
@@ -519,22 +388,18 @@ class TcpServer:
                 self._flush_lock.release()
 
     def _flush_pass(self) -> None:
-        owes = self.stream_log.owes
-        too_slow = [
-            c
-            for c in self._connection_list
-            if (c._queue or c._overflowed or owes(c)) and not c.flush()
-        ]
-        for connection in too_slow:
-            log.warning(
-                "%s: dropped: outbound backlog over %d bytes",
-                connection.peer,
-                connection._max_queue,
-            )
-            self.hub.leave(connection, "dropped", "too slow")
-            connection.abort()
-        if too_slow:
-            self._flush_requested = True  # the departure notices; each member drops once
+        for connection in self._snapshot:
+            session = connection.session
+            if connection.stalled:
+                if not session.check_backlog():  # too slow: dropped, the others told
+                    connection.abort()
+                    self._flush_requested = True
+            elif session.has_output():
+                connection.flush()
+                if session.abort:
+                    self._flush_requested = True  # its departure notice
+
+    # --- accepting -------------------------------------------------------------------------
 
     def _accept_ready(self) -> None:
         # Accept everything pending: under a connection storm one select per accept
@@ -550,73 +415,101 @@ class TcpServer:
                 log.error("accept failed: %s", exc)
                 time.sleep(0.1)
                 return
-            self._admit(sock, address)
+            try:
+                self._admit(sock, address)
+            except Exception as exc:
+                # Out of threads or descriptors for this one connection: refuse it
+                # and keep serving everyone else.
+                log.error("could not serve %s: %s", format_peer(address), exc)
+                _refuse(sock, "the server is out of resources; try again later")
 
     def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        sock.setblocking(True)
-        _tune(sock)
-        refusal = None
-        with self._lock:
-            if len(self._connections) >= self.config.max_clients:
-                refusal = (
-                    f"server full (at most {self.config.max_clients} connections); try again later"
-                )
-            elif 0 < self.config.max_per_address <= self._per_address[address[0]]:
-                refusal = f"too many connections from {address[0]} (at most {self.config.max_per_address})"
-            else:
-                connection = TcpConnection(self, sock, address)
-                self._connections.add(connection)
-                self._connection_list = (*self._connection_list, connection)
-                self._per_address[address[0]] += 1
-        if refusal is not None:
-            log.warning("refused %s: %s", address[0], refusal)
-            _send_and_close(sock, f"! {refusal}\r\n".encode())
+        peer = format_peer(address)
+        try:
+            ticket = self.admission.admit(address[0])
+        except Rejected as exc:
+            log.warning("refused %s: %s", peer, exc)
+            _refuse(sock, str(exc))
             return
-        log.debug("accepted %s", connection.peer)
-        connection.start()
+        try:
+            sock.setblocking(True)
+            _tune(sock)
+            now = time.monotonic()
+            session = ServerSession(
+                self.hub,
+                self.policy,
+                peer=peer,
+                now=now,
+                admission=(self.admission, ticket),
+                registration_timeout=self.admission.registration_timeout(
+                    self.config.registration_timeout
+                ),
+            )
+            connection = TcpConnection(self, sock, peer, session)
+            ticket.evict = connection.abort
+            with self._lock:
+                self._connections.add(connection)
+                self._snapshot = (*self._snapshot, connection)
+            connection.thread.start()
+        except BaseException:
+            self.admission.release(ticket)
+            self._discard(locals().get("connection"))
+            raise
+        log.debug("accepted %s", peer)
 
-    def _forget(self, connection: TcpConnection) -> None:
-        self.stream_log.discard(connection)
+    def forget(self, connection: TcpConnection) -> None:
+        """``connection`` has ended: its admission place is free again."""
+        ticket = connection.session.admission
+        if ticket is not None:
+            self.admission.release(ticket[1])
+        self._discard(connection)
+
+    def _discard(self, connection: object) -> None:
+        if not isinstance(connection, TcpConnection):
+            return
         with self._lock:
             self._connections.discard(connection)
-            self._connection_list = tuple(self._connections)
-            self._per_address[connection.ip] -= 1
-            if self._per_address[connection.ip] <= 0:
-                del self._per_address[connection.ip]
+            self._snapshot = tuple(self._connections)
 
     def _teardown(self) -> None:
         self._listener.close()
         self.hub.shutdown(self._shutdown_reason)
         with self._lock:
             connections = list(self._connections)
-        goodbye = Outbound(Shutdown(self._shutdown_reason))
-        for connection in connections:  # those that never joined are not hub members
-            connection.deliver(goodbye)
-            connection.close("server shutting down")
-        deadline = time.monotonic() + _SHUTDOWN_GRACE
         for connection in connections:
-            connection.reader.join(timeout=max(0.0, deadline - time.monotonic()))
+            connection.session.close("server shutting down")
+            connection.wake()
+        self.flush_all()
+        deadline = time.monotonic() + CLOSE_GRACE
         for connection in connections:
-            if connection.reader.is_alive():
+            connection.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for connection in connections:
+            if connection.thread.is_alive():
                 connection.abort()
-                connection.reader.join(timeout=1.0)
+                connection.thread.join(timeout=1.0)
+        self.drainer.stop()
         self._wake_r.close()
         self._wake_w.close()
 
 
 def _tune(sock: socket.socket) -> None:
-    # Chat lines are small and latency matters; the writer already coalesces.
+    # Chat lines are small and latency matters; flushes already coalesce.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+    for option, value in _KEEPALIVE:
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        # While a chat is active, unacknowledged data keeps keepalive from ever
+        # probing: this bounds how long a vanished peer is retransmitted to.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
-def _send_and_close(sock: socket.socket, data: bytes) -> None:
+def _refuse(sock: socket.socket, reason: str) -> None:
+    """Tell a connection we will not serve it why, in one readable line, and close."""
     try:
         sock.settimeout(1.0)
-        sock.sendall(data)
+        sock.sendall(f"! {reason}\r\n".encode())
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass

@@ -1,0 +1,182 @@
+"""Who may connect: the caps every server transport enforces, written once.
+
+Strategy
+--------
+Two pools. *Members* have joined; ``max_clients`` caps them and ``max_per_address``
+caps what one IP address holds. *Pending* connections have not joined yet; they get
+their own, smaller pool (``max_pending``, and ``max_pending_per_address``), so
+connections that never send a name (a slowloris) cannot lock members out: when the
+pending pool is full, the oldest pending connection is evicted to make room, as a
+SYN cache does. A real client joins within a round trip of connecting, so it is never
+the oldest for long; an attacker's idle connections always are. While the pool is
+more than half full, new connections also get a shorter registration deadline
+(:meth:`Admission.registration_timeout`).
+
+No sockets here: a transport asks :meth:`Admission.admit` before it spends a thread
+on a connection, :meth:`Admission.claim_member` just before it joins, and
+:meth:`Admission.release` when the connection ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import Rejected
+
+#: Seconds an unregistered connection gets while the pending pool is under pressure.
+HURRIED_REGISTRATION = 5.0
+
+
+def plural(count: int, word: str) -> str:
+    """``1 connection``, ``2 connections``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted connection. ``evict`` is called (once, from another thread) if the
+    connection is pushed out of the pending pool; the transport closes it."""
+
+    address: str
+    evict: Callable[[], None] = field(default=lambda: None)
+    member: bool = False
+    released: bool = False
+
+
+class Admission:
+    """Member and pending caps; thread-safe.
+
+    Args:
+        max_clients: most members at once.
+        max_per_address: most connections (members and pending) from one IP
+            address; 0 means no cap.
+        max_pending: most connections that have not joined yet.
+        max_pending_per_address: most of those from one IP address.
+    """
+
+    def __init__(
+        self,
+        max_clients: int,
+        max_per_address: int = 0,
+        max_pending: int = 128,
+        max_pending_per_address: int = 16,
+    ) -> None:
+        self.max_clients = max_clients
+        self.max_per_address = max_per_address
+        self.max_pending = max_pending
+        self.max_pending_per_address = max_pending_per_address
+        self._lock = threading.Lock()
+        self._members = 0
+        self._pending: OrderedDict[int, Ticket] = OrderedDict()  # oldest first
+        self._per_address: Counter[str] = Counter()
+        self._pending_per_address: Counter[str] = Counter()
+        #: connections pushed out of the pending pool
+        self.evicted = 0
+
+    @property
+    def members(self) -> int:
+        return self._members
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def admit(self, address: str) -> Ticket:
+        """Admit a new connection from ``address`` as pending.
+
+        Raises:
+            Rejected: the server is full, or ``address`` holds too many
+                connections; the message is fit to show the client.
+        """
+        evicted: Ticket | None = None
+        with self._lock:
+            if self._members >= self.max_clients:
+                raise self._full()
+            if 0 < self.max_per_address <= self._per_address[address]:
+                raise Rejected(
+                    f"too many connections from {address}"
+                    f" (at most {plural(self.max_per_address, 'connection')})",
+                    code="too-many-connections",
+                )
+            if self._pending_per_address[address] >= self.max_pending_per_address:
+                raise Rejected(
+                    f"too many connections from {address} that have not joined yet"
+                    f" (at most {self.max_pending_per_address})",
+                    code="too-many-connections",
+                )
+            if len(self._pending) >= self.max_pending:
+                evicted = next(iter(self._pending.values()))
+                self._release_locked(evicted)
+                self.evicted += 1
+            ticket = Ticket(address)
+            self._pending[id(ticket)] = ticket
+            self._per_address[address] += 1
+            self._pending_per_address[address] += 1
+        if evicted is not None:
+            evicted.evict()
+        return ticket
+
+    def registration_timeout(self, normal: float) -> float:
+        """The deadline for a connection admitted now: shorter while the pending pool
+        is more than half full."""
+        if len(self._pending) > self.max_pending // 2:
+            return min(normal, HURRIED_REGISTRATION)
+        return normal
+
+    def claim_member(self, ticket: Ticket) -> None:
+        """Move ``ticket`` to the member pool, just before its connection joins.
+
+        Raises:
+            Rejected: ``server-full``: ``max_clients`` members are in already.
+        """
+        with self._lock:
+            if ticket.member or ticket.released:
+                return
+            if self._members >= self.max_clients:
+                raise self._full()
+            self._forget_pending_locked(ticket)
+            ticket.member = True
+            self._members += 1
+
+    def unclaim_member(self, ticket: Ticket) -> None:
+        """The join after :meth:`claim_member` failed (name taken): pending again."""
+        with self._lock:
+            if not ticket.member or ticket.released:
+                return
+            ticket.member = False
+            self._members -= 1
+            self._pending[id(ticket)] = ticket
+            self._pending_per_address[ticket.address] += 1
+
+    def release(self, ticket: Ticket) -> None:
+        """``ticket``'s connection ended. Idempotent."""
+        with self._lock:
+            self._release_locked(ticket)
+
+    def _full(self) -> Rejected:
+        return Rejected(
+            f"server full (at most {plural(self.max_clients, 'user')}); try again later",
+            code="server-full",
+        )
+
+    def _release_locked(self, ticket: Ticket) -> None:
+        if ticket.released:
+            return
+        ticket.released = True
+        if ticket.member:
+            self._members -= 1
+        else:
+            self._forget_pending_locked(ticket)
+        self._per_address[ticket.address] -= 1
+        if self._per_address[ticket.address] <= 0:
+            del self._per_address[ticket.address]
+
+    def _forget_pending_locked(self, ticket: Ticket) -> None:
+        if self._pending.pop(id(ticket), None) is None:
+            return
+        self._pending_per_address[ticket.address] -= 1
+        if self._pending_per_address[ticket.address] <= 0:
+            del self._pending_per_address[ticket.address]

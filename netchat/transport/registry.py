@@ -1,0 +1,75 @@
+"""The transports netchat has: the one place a new one is added.
+
+Each :class:`Proto` names a transport; :data:`TRANSPORTS` says where its server and
+client classes live. They are imported only when used, so ``import netchat`` (and a
+client) never loads the server side. ``--proto``, ``netchat bench --proto all`` and
+``Server``/``Client`` all read this table; docs/ARCHITECTURE.md lists what else a new
+transport needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from ..hub import Hub
+    from .base import ClientTransport, ServerConfig, ServerTransport
+
+
+class Proto(str, Enum):
+    """The transport a server or client uses (``--proto``)."""
+
+    tcp = "tcp"
+    udp = "udp"
+
+
+@dataclass(frozen=True)
+class TransportEntry:
+    """Where a transport's classes live, as ``"module:Class"`` (imported when used).
+
+    ``server`` is built as ``Server(hub, config)`` and ``client`` as
+    ``Client(host, port, connect_timeout=seconds)``.
+    """
+
+    summary: str
+    server: str
+    client: str
+
+
+TRANSPORTS: dict[Proto, TransportEntry] = {
+    Proto.tcp: TransportEntry(
+        "threaded TCP server: a thread per connection, reliable and ordered",
+        "netchat.transport.tcp:TcpServer",
+        "netchat.transport.tcp_client:TcpClientTransport",
+    ),
+    Proto.udp: TransportEntry(
+        "UDP relay: learns members from their datagrams; loss is reported, not repaired",
+        "netchat.transport.udp_relay:UdpRelayServer",
+        "netchat.transport.udp_client:UdpClientTransport",
+    ),
+}
+
+
+def _load(dotted: str) -> Any:
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_server_transport(proto: Proto, hub: Hub, config: ServerConfig) -> ServerTransport:
+    """The bound server transport for ``proto``.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    return cast("ServerTransport", _load(TRANSPORTS[Proto(proto)].server)(hub, config))
+
+
+def make_client_transport(
+    proto: Proto, host: str, port: int, *, connect_timeout: float = 10.0
+) -> ClientTransport:
+    """A client transport for ``proto``, not yet connected."""
+    factory = _load(TRANSPORTS[Proto(proto)].client)
+    return cast("ClientTransport", factory(host, port, connect_timeout=connect_timeout))
