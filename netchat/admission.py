@@ -3,13 +3,14 @@
 Strategy
 --------
 Two pools. *Members* have joined; ``max_clients`` caps them and ``max_per_address``
-caps what one IP address holds. *Pending* connections have not joined yet; they get
-their own, smaller pool (``max_pending``, and ``max_pending_per_address``), so
-connections that never send a name (a slowloris) cannot lock members out: when the
-pending pool is full, the oldest pending connection is evicted to make room, as a
-SYN cache does. A real client joins within a round trip of connecting, so it is never
-the oldest for long; an attacker's idle connections always are. While the pool is
-more than half full, new connections also get a shorter registration deadline
+caps what one IP address holds. *Pending* connections have not joined yet. Past
+``max_pending`` of them, each new connection pushes out the oldest pending one that
+has had :data:`MIN_EVICTABLE_AGE` seconds to join, as a SYN cache does: a real client
+joins within a round trip of connecting, while connections that never send a name (a
+slowloris) grow old, so they are the ones to go and they cannot lock members out. A
+class connecting all at once is young, so it is never evicted: the pool stretches
+(up to ``max_clients`` pending) instead. While the pool is more than half full, new
+connections also get a shorter registration deadline
 (:meth:`Admission.registration_timeout`).
 
 No sockets here: a transport asks :meth:`Admission.admit` before it spends a thread
@@ -20,6 +21,7 @@ on a connection, :meth:`Admission.claim_member` just before it joins, and
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from .errors import Rejected
 
 #: Seconds an unregistered connection gets while the pending pool is under pressure.
 HURRIED_REGISTRATION = 5.0
+#: Seconds a pending connection must have had to join before it may be evicted.
+MIN_EVICTABLE_AGE = 2.0
 
 
 def plural(count: int, word: str) -> str:
@@ -41,6 +45,7 @@ class Ticket:
     connection is pushed out of the pending pool; the transport closes it."""
 
     address: str
+    admitted_at: float = 0.0
     evict: Callable[[], None] = field(default=lambda: None)
     member: bool = False
     released: bool = False
@@ -50,11 +55,11 @@ class Admission:
     """Member and pending caps; thread-safe.
 
     Args:
-        max_clients: most members at once.
+        max_clients: most members at once (and most pending connections).
         max_per_address: most connections (members and pending) from one IP
             address; 0 means no cap.
-        max_pending: most connections that have not joined yet.
-        max_pending_per_address: most of those from one IP address.
+        max_pending: pending connections past which old ones are evicted.
+        clock: monotonic time source.
     """
 
     def __init__(
@@ -62,17 +67,16 @@ class Admission:
         max_clients: int,
         max_per_address: int = 0,
         max_pending: int = 128,
-        max_pending_per_address: int = 16,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_clients = max_clients
         self.max_per_address = max_per_address
         self.max_pending = max_pending
-        self.max_pending_per_address = max_pending_per_address
+        self._clock = clock
         self._lock = threading.Lock()
         self._members = 0
         self._pending: OrderedDict[int, Ticket] = OrderedDict()  # oldest first
         self._per_address: Counter[str] = Counter()
-        self._pending_per_address: Counter[str] = Counter()
         #: connections pushed out of the pending pool
         self.evicted = 0
 
@@ -92,6 +96,7 @@ class Admission:
                 connections; the message is fit to show the client.
         """
         evicted: Ticket | None = None
+        now = self._clock()
         with self._lock:
             if self._members >= self.max_clients:
                 raise self._full()
@@ -101,20 +106,20 @@ class Admission:
                     f" (at most {plural(self.max_per_address, 'connection')})",
                     code="too-many-connections",
                 )
-            if self._pending_per_address[address] >= self.max_pending_per_address:
-                raise Rejected(
-                    f"too many connections from {address} that have not joined yet"
-                    f" (at most {self.max_pending_per_address})",
-                    code="too-many-connections",
-                )
             if len(self._pending) >= self.max_pending:
-                evicted = next(iter(self._pending.values()))
-                self._release_locked(evicted)
-                self.evicted += 1
-            ticket = Ticket(address)
+                oldest = next(iter(self._pending.values()))
+                if now - oldest.admitted_at >= MIN_EVICTABLE_AGE:
+                    evicted = oldest
+                    self._release_locked(evicted)
+                    self.evicted += 1
+                elif len(self._pending) >= self.max_clients:
+                    raise Rejected(
+                        "too many connections are joining at once; try again in a moment",
+                        code="server-busy",
+                    )
+            ticket = Ticket(address, admitted_at=now)
             self._pending[id(ticket)] = ticket
             self._per_address[address] += 1
-            self._pending_per_address[address] += 1
         if evicted is not None:
             evicted.evict()
         return ticket
@@ -149,7 +154,6 @@ class Admission:
             ticket.member = False
             self._members -= 1
             self._pending[id(ticket)] = ticket
-            self._pending_per_address[ticket.address] += 1
 
     def release(self, ticket: Ticket) -> None:
         """``ticket``'s connection ended. Idempotent."""
@@ -175,8 +179,4 @@ class Admission:
             del self._per_address[ticket.address]
 
     def _forget_pending_locked(self, ticket: Ticket) -> None:
-        if self._pending.pop(id(ticket), None) is None:
-            return
-        self._pending_per_address[ticket.address] -= 1
-        if self._pending_per_address[ticket.address] <= 0:
-            del self._pending_per_address[ticket.address]
+        self._pending.pop(id(ticket), None)

@@ -27,6 +27,7 @@ sent before anything else is broadcast, so nobody speaks before being announced.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -74,6 +75,8 @@ RecordSink = Callable[[dict[str, Any]], None]
 PRESENCE_DELAY = 0.25
 #: Names listed in a welcome; ``/who`` lists everyone (up to a frame's size).
 WELCOME_NAMES = 100
+#: Names listed in a gathered notice; the rest are counted (nobody reads 2000 names).
+PRESENCE_NAMES = 20
 
 
 class Outbound:
@@ -188,6 +191,13 @@ class Hub:
     def release(self, member: Member) -> None:
         """``member``'s connection is gone: forget what it is still owed."""
         self._log.close(member.cursor)
+
+    @property
+    def broadcasts(self) -> int:
+        """How many broadcasts there have been: when it changes, every member may be
+        owed something; otherwise only those whose session said so (see
+        :attr:`~netchat.streamlog.Cursor.notify`). Read without a lock."""
+        return self._log.broadcasts
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -409,8 +419,9 @@ class Hub:
         return self._seq, self._clock()
 
     def _welcome_locked(self, name: str) -> Welcome:
-        names = [m.name for m in self._members.values()]
-        listed = self._fit_names(names[:WELCOME_NAMES], len(names))
+        # Only the first names are looked at: a storm of joins must not cost O(N) each.
+        names = [m.name for m in itertools.islice(self._members.values(), WELCOME_NAMES)]
+        listed = self._fit_names(names, len(self._members))
         return Welcome(name, listed, self.server_name, self.motd)
 
     def _listed_names_locked(self) -> tuple[str, ...]:
@@ -465,9 +476,8 @@ class Hub:
         self._gathered_since, self._gathered_joined, self._gathered_left = None, [], []
         if not joined and not left:
             return
-        # The budget is shared: each list gets half a frame's worth of names.
-        shown_joined = _names_within(joined, MAX_FRAME_BYTES // 4)
-        shown_left = _names_within(left, MAX_FRAME_BYTES // 4)
+        shown_joined = _names_within(joined[:PRESENCE_NAMES], MAX_FRAME_BYTES // 4)
+        shown_left = _names_within(left[:PRESENCE_NAMES], MAX_FRAME_BYTES // 4)
         seq, ts = self._stamp_locked()
         notice = Presence(
             tuple(shown_joined),

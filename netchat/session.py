@@ -49,6 +49,7 @@ import logging
 import re
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .admission import Admission, Ticket, plural
@@ -230,6 +231,9 @@ class ServerSession:
         admission: the transport's caps and this connection's ticket: joining
             claims a member place (refused when the server is full).
         registration_timeout: overrides the policy's (shorter under pressure).
+        on_output: called (it must only take note) when another thread gives this
+            session's member a frame of its own (a private message, a ping): output
+            that no broadcast explains (see :attr:`~netchat.streamlog.Cursor.notify`).
     """
 
     def __init__(
@@ -241,9 +245,11 @@ class ServerSession:
         now: float,
         admission: tuple[Admission, Ticket] | None = None,
         registration_timeout: float | None = None,
+        on_output: Callable[[], None] | None = None,
     ) -> None:
         self.hub = hub
         self.admission = admission
+        self.on_output = on_output
         self.policy = policy
         self.peer = peer
         self.mode = Mode.UNKNOWN
@@ -564,6 +570,7 @@ class ServerSession:
                 self.hub.leave(member, "quit")
                 self.hub.release(member)
                 return False
+            member.cursor.notify = self.on_output
             self.member = member
             self._move(Move.JOIN)
         self._pings_sent = 0

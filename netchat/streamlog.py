@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,15 +50,19 @@ class Cursor:
     """One member's position in its format's stream.
 
     Only :class:`StreamLog` changes it; a session holds it and hands it back.
+    ``notify``, if set, is called (with the log's lock held: it must only note the
+    fact) whenever the cursor is owed a frame of its own, so a transport need not
+    look at every member to find the one a private message is for.
     """
 
-    __slots__ = ("format", "offset", "patches", "stop")
+    __slots__ = ("format", "notify", "offset", "patches", "stop")
 
     def __init__(self, wire_format: WireFormat, offset: int) -> None:
         self.format = wire_format
         self.offset = offset  # absolute stream offset of the next byte owed
         self.patches: deque[tuple[int, bytes]] = deque()  # (offset, bytes owed there)
         self.stop: int | None = None  # set when the member leaves: owed nothing past it
+        self.notify: Callable[[], None] | None = None
 
 
 class StreamLog:
@@ -71,6 +76,8 @@ class StreamLog:
         self._cursors: set[Cursor] = set()
         # Open cursors per format: a format nobody reads is not even encoded.
         self._readers = dict.fromkeys(WireFormat, 0)
+        #: broadcasts so far; a transport compares it to know whether all may be owed
+        self.broadcasts = 0
 
     def _end(self, wire_format: WireFormat) -> int:
         return self._bases[wire_format] + len(self._streams[wire_format])
@@ -102,6 +109,7 @@ class StreamLog:
                 self._streams[WireFormat.TEXT] += text
             if json is not None:
                 self._streams[WireFormat.JSON] += json
+            self.broadcasts += 1
 
     def patch(self, cursor: Cursor, out: Outbound) -> None:
         """``cursor`` alone is owed ``out``, after everything broadcast so far.
@@ -112,6 +120,8 @@ class StreamLog:
         with self._lock:
             if cursor.stop is None and cursor in self._cursors:
                 cursor.patches.append((self._end(cursor.format), data))
+                if cursor.notify is not None:
+                    cursor.notify()
 
     # --- the sessions' side ---------------------------------------------------------
 

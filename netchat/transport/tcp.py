@@ -38,6 +38,8 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable
 
 from ..admission import Admission
 from ..errors import Rejected
@@ -94,8 +96,9 @@ class TcpConnection:
             self._close()
 
     def _pump(self) -> None:
-        session, sock, server = self.session, self.sock, self.server
-        server.flush_all()  # the banner
+        session, sock = self.session, self.sock
+        flush = self.flush_with_everyone
+        flush()  # the banner
         while session.phase in (Phase.REGISTERING, Phase.JOINED):
             now = time.monotonic()
             paused = session.paused_until
@@ -103,14 +106,14 @@ class TcpConnection:
                 # Over its rate: read nothing, so TCP pushes back on the sender.
                 time.sleep(min(max(0.0, paused - now), _MAX_WAIT))
                 session.tick(time.monotonic())
-                server.flush_all()
+                flush()
                 continue
             self._set_receive_timeout(session.next_deadline(), now)
             try:
                 data = sock.recv(_RECV_BYTES)
             except (BlockingIOError, TimeoutError):  # the session's deadline came
                 session.tick(time.monotonic())
-                server.flush_all()
+                flush()
                 continue
             except OSError as exc:
                 quiet = exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
@@ -122,8 +125,14 @@ class TcpConnection:
             deadline = session.next_deadline()
             if deadline is not None and deadline <= now:
                 session.tick(now)
-            server.flush_all()  # what the session did is owed to someone
+            flush()  # what the session did is owed to someone
         self._send_goodbyes()
+
+    def flush_with_everyone(self) -> None:
+        """This connection's session did something: its own output, and whatever it
+        caused for the others, goes out now."""
+        self.server.dirty.append(self)
+        self.server.flush_all()
 
     def _set_receive_timeout(self, deadline: float | None, now: float) -> None:
         wait = _MAX_WAIT if deadline is None else min(_MAX_WAIT, max(0.0, deadline - now))
@@ -204,6 +213,10 @@ class TcpConnection:
                 self.stalled = True
                 self.server.drainer.watch(self)
                 return
+
+    def mark_dirty(self) -> None:
+        """Another thread gave this connection's member a frame of its own."""
+        self.server.dirty.append(self)
 
     def abort(self) -> None:
         """Close now, without sending what is owed: wakes the connection's thread."""
@@ -317,6 +330,10 @@ class TcpServer:
         # An immutable snapshot for flush_all(), replaced on every change, so the hot
         # path iterates without taking the lock.
         self._snapshot: tuple[TcpConnection, ...] = ()
+        #: connections owed something no broadcast explains (deque: appends and pops
+        #: are atomic, so any thread may add without a lock)
+        self.dirty: deque[TcpConnection] = deque()
+        self._flushed_broadcasts = -1
         self._flush_lock = threading.Lock()
         self._flush_requested = False
         self.drainer = Drainer()
@@ -388,7 +405,19 @@ class TcpServer:
                 self._flush_lock.release()
 
     def _flush_pass(self) -> None:
-        for connection in self._snapshot:
+        # After a broadcast everyone may be owed something; otherwise only the
+        # connections that said so. A storm of joins (welcomes, not broadcasts) then
+        # costs O(1) per join instead of a look at every connection.
+        broadcasts = self.hub.broadcasts
+        candidates: Iterable[TcpConnection]
+        if broadcasts != self._flushed_broadcasts:
+            self._flushed_broadcasts = broadcasts
+            self.dirty.clear()
+            candidates = self._snapshot
+        else:
+            dirty = self.dirty
+            candidates = [dirty.popleft() for _ in range(len(dirty))]
+        for connection in candidates:
             session = connection.session
             if connection.stalled:
                 if not session.check_backlog():  # too slow: dropped, the others told
@@ -446,6 +475,7 @@ class TcpServer:
                 ),
             )
             connection = TcpConnection(self, sock, peer, session)
+            session.on_output = connection.mark_dirty
             ticket.evict = connection.abort
             with self._lock:
                 self._connections.add(connection)
