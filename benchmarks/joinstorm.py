@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--targets", default="netchat")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if hard < args.clients + 100:
         parser.error(f"the open-files limit ({hard}) is below clients + 100")

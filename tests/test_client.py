@@ -174,7 +174,12 @@ def test_private_message_reaches_only_its_target(
     wait_for(alice, message_with("the secret"))  # echoed to the sender
     # carol sees the later public message but never the private one before it
     seen: list[Frame] = []
-    wait_for(carol, lambda f: seen.append(f) is None and message_with("public after")(f))
+
+    def record(frame: Frame) -> bool:
+        seen.append(frame)
+        return message_with("public after")(frame)
+
+    wait_for(carol, record)
     assert not any(isinstance(f, PrivateMessage) for f in seen)
 
 

@@ -202,7 +202,7 @@ def test_three_clients_and_nc_chat(
         # dave would arrive before the public marker.
         alice.expect(r"<bob> public marker$")
         assert not any("psst" in line for line in alice.seen)
-        dave_lines = []
+        dave_lines: list[str] = []
         while not any(line.endswith("public marker") for line in dave_lines):
             dave_lines.append(dave.expect(r".*"))
         assert not any("psst" in line for line in dave_lines)

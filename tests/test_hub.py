@@ -206,6 +206,7 @@ def test_action(hub: Hub) -> None:
     alice, bob = join(hub, "alice", "bob")
     hub.handle(alice.member, Act("waves"))
     (message,) = bob.read()
+    assert isinstance(message, Message)
     assert message == Message("alice", "waves", message.ts, message.seq, action=True)
 
 
@@ -311,9 +312,11 @@ def test_private_seq_fits_in_the_global_order(hub: Hub) -> None:
 def test_rename(hub: Hub, records: list[dict[str, Any]]) -> None:
     alice, bob = join(hub, "alice", "bob")
     assert hub.handle(bob.member, Nick(" robert ")) is None
+    renamed = Renamed("", "", 0.0, 0)
     for inbox in (alice, bob):
-        (renamed,) = inbox.read()
-        assert isinstance(renamed, Renamed) and (renamed.old, renamed.new) == ("bob", "robert")
+        (frame,) = inbox.read()
+        assert isinstance(frame, Renamed) and (frame.old, frame.new) == ("bob", "robert")
+        renamed = frame
     assert hub.names() == ("alice", "robert")
     assert bob.member.name == "robert"
     assert records[-1] == {
@@ -367,6 +370,7 @@ def test_leave_is_idempotent_and_a_member_that_left_is_ignored(hub: Hub) -> None
     hub.leave(bob.member, "lost")
     hub.leave(bob.member)
     (left,) = alice.read()
+    assert isinstance(left, Left)
     assert left == Left("bob", left.ts, left.seq, "lost", "connection reset")
     assert hub.handle(bob.member, Say("ghost")) is None
     hub.send(bob.member, Info("too late"))

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_frames import ANY_FRAME
 
 from netchat.protocol.commands import HELP_TEXT
 from netchat.protocol.frames import (
@@ -32,6 +31,7 @@ from netchat.protocol.frames import (
     Welcome,
 )
 from netchat.protocol.render import clock, render_lines, render_text
+from tests.test_frames import ANY_FRAME
 
 
 @pytest.fixture(autouse=True)

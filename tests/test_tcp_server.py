@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -412,3 +413,51 @@ def test_welcome_lists_users(make_server: ServerFactory) -> None:
     assert isinstance(welcome, Welcome)
     assert welcome.users == ("alice", "bob") and welcome.motd == "be nice"
     alice.close()
+
+
+def test_plain_quit_says_goodbye_and_closes_at_once(make_server: ServerFactory) -> None:
+    """Issue 10 #10: nc users got no goodbye, and the connection stayed open until Enter."""
+    address = make_server().address
+    watcher = plain_client(address, "watcher")
+    nc = plain_client(address, "nc")
+    watcher.expect(r"^\* nc joined$")
+    nc.send_line("/quit off to lunch")
+    start = time.monotonic()
+    assert nc.collect(WAIT / 2) == ["* Goodbye, nc!"]  # collect() returns at the close
+    assert time.monotonic() - start < WAIT / 2
+    assert watcher.collect(0.5) == ["* nc left: off to lunch"]
+
+
+def test_a_whole_plain_session_exact_transcript(make_server: ServerFactory) -> None:
+    address = make_server(motd="be kind").address
+    bob = plain_client(address, "bob")
+    bob.expect(r"^\* be kind$")
+    alice = LineClient(address)
+    alice.send(b"alice\r\nhi bob\r\n/msg bob psst\r\n/me waves\r\n/nick alicia\r\n/who\r\n")
+    alice.send(b"/frob\r\n/quit\r\n")
+    stamp = r"\[\d\d:\d\d:\d\d\] "
+    expected = [
+        r"netchat/1 ready: welcome to netchat! Type your name and press Enter:",
+        r"\* Welcome, alice! Online \(2\): bob, alice\. Type /help for commands\.",
+        r"\* be kind",
+        stamp + r"<alice> hi bob",
+        stamp + r"<alice -> bob> psst",
+        stamp + r"\* alice waves",
+        r"\* alice is now known as alicia",
+        r"\* Online \(2\): bob, alicia",
+        r"! unknown command /frob; type /help for the list",
+        r"\* Goodbye, alicia!",
+    ]
+    lines = alice.collect(WAIT / 2)
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    bob_lines = bob.collect(0.5)
+    assert [re.sub(stamp, "", line) for line in bob_lines] == [
+        "* alice joined",
+        "<alice> hi bob",
+        "<alice -> bob> psst",
+        "* alice waves",
+        "* alice is now known as alicia",
+        "* alicia left",
+    ]

@@ -126,7 +126,7 @@ def _check_type(value: object, expected: Any) -> bool:
     raise TypeError(f"unsupported frame field type {expected!r}")  # pragma: no cover
 
 
-class _Validated:
+class _Validated(Frame):
     """Mixin: check declared field types on construction, like h11's events."""
 
     def __post_init__(self) -> None:

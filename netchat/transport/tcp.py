@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import select
 import selectors
 import socket
@@ -337,6 +338,10 @@ class TcpServer:
         self._flush_lock = threading.Lock()
         self._flush_requested = False
         self.drainer = Drainer()
+        # One descriptor kept in reserve: at the process's open-files limit, accept()
+        # fails and the connection would wait in the backlog with no word; freeing
+        # this one lets us accept it and say why we cannot serve it.
+        self._spare: int | None = _reserve_descriptor()
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._shutdown_reason = ""
@@ -439,9 +444,12 @@ class TcpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE and friends: log, and back off instead of spinning on a
-                # listener that stays readable.
+                # EMFILE and friends: refuse one waiting connection with the reserved
+                # descriptor, log, and back off instead of spinning on a listener
+                # that stays readable.
                 log.error("accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._refuse_with_spare()
                 time.sleep(0.1)
                 return
             try:
@@ -451,6 +459,21 @@ class TcpServer:
                 # and keep serving everyone else.
                 log.error("could not serve %s: %s", format_peer(address), exc)
                 _refuse(sock, "the server is out of resources; try again later")
+
+    def _refuse_with_spare(self) -> None:
+        if self._spare is None:
+            return
+        os.close(self._spare)
+        self._spare = None
+        try:
+            sock, address = self._listener.accept()
+        except OSError:
+            pass
+        else:
+            log.warning("refused %s: out of file descriptors", format_peer(address))
+            _refuse(sock, "the server has too many open connections; try again later")
+        finally:
+            self._spare = _reserve_descriptor()
 
     def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
         peer = format_peer(address)
@@ -520,6 +543,16 @@ class TcpServer:
         self.drainer.stop()
         self._wake_r.close()
         self._wake_w.close()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+
+
+def _reserve_descriptor() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _tune(sock: socket.socket) -> None:
