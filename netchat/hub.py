@@ -180,6 +180,11 @@ class Hub:
         """Everything ``member`` is owed, in order, in its wire format."""
         return self._log.take(member.cursor)
 
+    def taker(self) -> Callable[[Cursor], bytes]:
+        """:meth:`take` for the hot path: called with a member's ``cursor``, it saves
+        two calls per member per flush."""
+        return self._log.take
+
     def owed(self, member: Member) -> int:
         """Bytes ``member`` is owed and has not taken."""
         return self._log.owed(member.cursor)

@@ -282,6 +282,8 @@ class ServerSession:
         self._name_prefix = ""  # "alice: " once alice registered that way
         self._digest = ErrorDigest(policy.error_window)
         self._events: list[SessionEvent] = []
+        self._take = hub.taker()
+        self._max_queue = policy.max_queue
         # Output that is not the member's stream: before it joined (the banner,
         # prompts, refusals) and after it left (a goodbye line).
         self._before: deque[bytes] = deque()
@@ -404,23 +406,30 @@ class ServerSession:
         A member owed more than ``max_queue`` is dropped as too slow instead: the
         result is empty and :attr:`abort` is set.
         """
+        member = self.member
+        before, after = self._before, self._after
+        if member is not None and not before and not after and not self.abort:
+            # The fan-out hot path, once per member per flush: one slice of the log.
+            owed = self._take(member.cursor)
+            if len(owed) > self._max_queue and member.present:
+                self._drop_too_slow(member)
+                return b""
+            self._bytes_out += len(owed)
+            return owed
         if self.abort or self.phase is Phase.CLOSED:
             return b""
         parts: list[bytes] = []
-        before, after = self._before, self._after
         while before:
             parts.append(before.popleft())
-        member = self.member
         if member is not None:
-            owed = self.hub.take(member)
-            if len(owed) > self.policy.max_queue and member.present:
+            owed = self._take(member.cursor)
+            if len(owed) > self._max_queue and member.present:
                 self._drop_too_slow(member)
                 return b""
-            if owed:
-                parts.append(owed)
+            parts.append(owed)
         while after:
             parts.append(after.popleft())
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        data = b"".join(parts)
         self._bytes_out += len(data)
         return data
 

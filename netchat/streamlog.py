@@ -46,6 +46,23 @@ class WireFormat(enum.Enum):
     JSON = "json"
 
 
+class _Stream:
+    """One wire format's shared bytes, and who reads them."""
+
+    __slots__ = ("base", "data", "format", "next_trim", "readers")
+
+    def __init__(self, wire_format: WireFormat) -> None:
+        self.format = wire_format
+        self.data = bytearray()
+        self.base = 0  # absolute offset of data[0]
+        self.readers = 0  # open cursors: a format nobody reads is not even encoded
+        self.next_trim = TRIM_BYTES
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.data)
+
+
 class Cursor:
     """One member's position in its format's stream.
 
@@ -55,14 +72,18 @@ class Cursor:
     look at every member to find the one a private message is for.
     """
 
-    __slots__ = ("format", "notify", "offset", "patches", "stop")
+    __slots__ = ("notify", "offset", "patches", "stop", "stream")
 
-    def __init__(self, wire_format: WireFormat, offset: int) -> None:
-        self.format = wire_format
-        self.offset = offset  # absolute stream offset of the next byte owed
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+        self.offset = stream.end  # absolute stream offset of the next byte owed
         self.patches: deque[tuple[int, bytes]] = deque()  # (offset, bytes owed there)
         self.stop: int | None = None  # set when the member leaves: owed nothing past it
         self.notify: Callable[[], None] | None = None
+
+    @property
+    def format(self) -> WireFormat:
+        return self.stream.format
 
 
 class StreamLog:
@@ -70,45 +91,40 @@ class StreamLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._streams = {f: bytearray() for f in WireFormat}
-        self._bases = dict.fromkeys(WireFormat, 0)  # absolute offset of each first byte
-        self._next_trim = dict.fromkeys(WireFormat, TRIM_BYTES)
+        self._text = _Stream(WireFormat.TEXT)
+        self._json = _Stream(WireFormat.JSON)
         self._cursors: set[Cursor] = set()
-        # Open cursors per format: a format nobody reads is not even encoded.
-        self._readers = dict.fromkeys(WireFormat, 0)
         #: broadcasts so far; a transport compares it to know whether all may be owed
         self.broadcasts = 0
-
-    def _end(self, wire_format: WireFormat) -> int:
-        return self._bases[wire_format] + len(self._streams[wire_format])
 
     # --- the hub's side: called with the hub's lock held, in event order -------------
 
     def open(self, wire_format: WireFormat) -> Cursor:
         """A cursor owed every broadcast from now on."""
+        stream = self._text if wire_format is WireFormat.TEXT else self._json
         with self._lock:
-            cursor = Cursor(wire_format, self._end(wire_format))
+            cursor = Cursor(stream)
             self._cursors.add(cursor)
-            self._readers[wire_format] += 1
+            stream.readers += 1
             return cursor
 
     def stop(self, cursor: Cursor) -> None:
         """The cursor's member left: owed what was sent so far, nothing later."""
         with self._lock:
             if cursor.stop is None and cursor in self._cursors:
-                cursor.stop = self._end(cursor.format)
-                self._readers[cursor.format] -= 1
+                cursor.stop = cursor.stream.end
+                cursor.stream.readers -= 1
 
     def broadcast(self, out: Outbound) -> None:
         """Every open cursor is owed ``out``."""
         # Encoded before taking the lock, so readers slicing the streams need not wait.
-        text = out.text if self._readers[WireFormat.TEXT] else None
-        json = out.json if self._readers[WireFormat.JSON] else None
+        text = out.text if self._text.readers else None
+        json = out.json if self._json.readers else None
         with self._lock:
             if text is not None:
-                self._streams[WireFormat.TEXT] += text
+                self._text.data += text
             if json is not None:
-                self._streams[WireFormat.JSON] += json
+                self._json.data += json
             self.broadcasts += 1
 
     def patch(self, cursor: Cursor, out: Outbound) -> None:
@@ -116,51 +132,64 @@ class StreamLog:
 
         Nothing happens for a stopped cursor: its member has left.
         """
-        data = out.text if cursor.format is WireFormat.TEXT else out.json
+        stream = cursor.stream
+        data = out.text if stream is self._text else out.json
         with self._lock:
             if cursor.stop is None and cursor in self._cursors:
-                cursor.patches.append((self._end(cursor.format), data))
+                cursor.patches.append((stream.end, data))
                 if cursor.notify is not None:
                     cursor.notify()
 
     # --- the sessions' side ---------------------------------------------------------
 
-    def may_owe(self, cursor: Cursor) -> bool:
+    @staticmethod
+    def may_owe(cursor: Cursor) -> bool:
         """A lock-free hint that ``cursor`` is owed bytes; it may err towards yes."""
-        end = cursor.stop if cursor.stop is not None else self._end(cursor.format)
-        return cursor.offset < end or bool(cursor.patches)
+        if cursor.patches:
+            return True
+        stream = cursor.stream
+        # The length is read before the base: a trim moves the base up before it cuts
+        # the data, so whatever interleaves, the end seen is never too early.
+        end = cursor.stop if cursor.stop is not None else len(stream.data) + stream.base
+        return cursor.offset < end
 
     def owed(self, cursor: Cursor) -> int:
         """Bytes ``cursor`` is owed and has not taken."""
         with self._lock:
-            end = cursor.stop if cursor.stop is not None else self._end(cursor.format)
+            end = cursor.stop if cursor.stop is not None else cursor.stream.end
             return end - cursor.offset + sum(len(data) for _, data in cursor.patches)
 
     def take(self, cursor: Cursor) -> bytes:
         """Everything ``cursor`` is owed, in order; it is then no longer owed it."""
         with self._lock:
-            if cursor not in self._cursors:
-                return b""
-            stream, base = self._streams[cursor.format], self._bases[cursor.format]
-            end = cursor.stop if cursor.stop is not None else base + len(stream)
-            if cursor.offset >= end and not cursor.patches:
-                return b""
-            parts: list[bytes | bytearray] = []
+            stream = cursor.stream
+            data, base = stream.data, stream.base
+            end = cursor.stop if cursor.stop is not None else base + len(data)
             position = cursor.offset
-            while cursor.patches:
-                at, data = cursor.patches.popleft()
-                if at > position:
-                    parts.append(stream[position - base : at - base])
-                    position = at
-                parts.append(data)
-            if end > position:
-                parts.append(stream[position - base : end - base])
-            cursor.offset = end
+            if not cursor.patches:  # the common case: one slice of the stream
+                if position >= end or cursor not in self._cursors:
+                    return b""
+                cursor.offset = end
+                owed = bytes(data[position - base : end - base])
+            else:
+                if cursor not in self._cursors:
+                    return b""
+                parts: list[bytes | bytearray] = []
+                while cursor.patches:
+                    at, patch = cursor.patches.popleft()
+                    if at > position:
+                        parts.append(data[position - base : at - base])
+                        position = at
+                    parts.append(patch)
+                if end > position:
+                    parts.append(data[position - base : end - base])
+                cursor.offset = end
+                owed = b"".join(parts)
             if cursor.stop is not None:
                 self._cursors.discard(cursor)  # drained after leaving: owed nothing more
-            if len(stream) >= self._next_trim[cursor.format]:
-                self._trim_locked(cursor.format)
-            return b"".join(parts)
+            if len(data) >= stream.next_trim:
+                self._trim_locked(stream)
+            return owed
 
     def close(self, cursor: Cursor) -> None:
         """Forget ``cursor`` entirely (its connection is gone); idempotent."""
@@ -168,24 +197,21 @@ class StreamLog:
             if cursor in self._cursors:
                 self._cursors.discard(cursor)
                 if cursor.stop is None:
-                    self._readers[cursor.format] -= 1
+                    cursor.stream.readers -= 1
                 cursor.stop = cursor.offset
                 cursor.patches.clear()
 
-    def _trim_locked(self, wire_format: WireFormat) -> None:
-        stream, base = self._streams[wire_format], self._bases[wire_format]
+    def _trim_locked(self, stream: _Stream) -> None:
         # Stopped cursors still owed bytes count too: they are dropped from the set
         # once drained (see take), so they pin nothing after that.
-        low = min(
-            (c.offset for c in self._cursors if c.format is wire_format),
-            default=base + len(stream),
-        )
-        if low > base:
+        low = min((c.offset for c in self._cursors if c.stream is stream), default=stream.end)
+        if low > stream.base:
             # The base moves first: an unlocked may_owe() in between sees the end too
             # far ahead (a harmless "yes"), never too early.
-            self._bases[wire_format] = low
-            del stream[: low - base]
+            cut = low - stream.base
+            stream.base = low
+            del stream.data[:cut]
         # Scanning every cursor is O(members): at most once per TRIM_BYTES / 4
         # appended, so a stream pinned by a slow member is looked at again soon after
         # that member is dropped or catches up.
-        self._next_trim[wire_format] = len(stream) + TRIM_BYTES // 4
+        stream.next_trim = len(stream.data) + TRIM_BYTES // 4

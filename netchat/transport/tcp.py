@@ -82,6 +82,7 @@ class TcpConnection:
         self.stalled = False
         self._unsent = b""  # what a partial send left, sent before anything newer
         self._send_lock = threading.Lock()  # one sender at a time keeps bytes in order
+        self._missed = False  # a flush found the lock taken: look again after release
         self._receive_timeout = -1.0
         self.thread = threading.Thread(target=self.run, name=f"netchat-{peer}", daemon=True)
 
@@ -136,8 +137,13 @@ class TcpConnection:
         self.server.flush_all()
 
     def _set_receive_timeout(self, deadline: float | None, now: float) -> None:
-        wait = _MAX_WAIT if deadline is None else min(_MAX_WAIT, max(0.0, deadline - now))
-        wait = max(_TIMEOUT_STEP, round(wait / _TIMEOUT_STEP) * _TIMEOUT_STEP)
+        # No deadline: wait for data however long it takes (0 means no timeout), so
+        # a thousand idle members cost no wake-ups; a shutdown wakes us with SHUT_RD.
+        if deadline is None:
+            wait = 0.0
+        else:
+            wait = min(_MAX_WAIT, max(0.0, deadline - now))
+            wait = max(_TIMEOUT_STEP, round(wait / _TIMEOUT_STEP) * _TIMEOUT_STEP)
         if abs(wait - self._receive_timeout) >= _TIMEOUT_STEP / 2:
             seconds = int(wait)
             timeval = struct.pack("ll", seconds, int((wait - seconds) * 1_000_000))
@@ -174,6 +180,7 @@ class TcpConnection:
         self.server.forget(self)
         with contextlib.suppress(OSError):
             self.sock.close()
+        self.server.flush_all()  # the departure notice, however the connection ended
 
     # --- sending, from whichever thread flushes -------------------------------------------
 
@@ -184,36 +191,43 @@ class TcpConnection:
         Never waits for another sender: if one is busy, it looks for new output
         after it lets go, so nothing is left behind.
         """
-        session = self.session
-        while self._send_lock.acquire(blocking=False):
+        lock = self._send_lock
+        while True:
+            if not lock.acquire(blocking=False):
+                # Someone is sending: ask them to look again when they let go, then
+                # make sure they had not already let go before we asked.
+                self._missed = True
+                if not lock.acquire(blocking=False):
+                    break
             try:
-                if not self.stalled:
-                    self._send_owed()
+                self._missed = False
+                if not self.stalled and (not self._unsent or self._send(self._unsent)):
+                    data = self.session.data_to_send()
+                    if data:
+                        self._send(data)
             finally:
-                self._send_lock.release()
-            if self.stalled or not session.has_output():
+                lock.release()
+            if not self._missed or self.stalled:
                 break
-        if session.abort:
+        if self.session.abort:
             self.abort()
 
-    def _send_owed(self) -> None:
-        session = self.session
-        for _ in range(2):  # what was left over, then what is new
-            data = self._unsent or session.data_to_send()
-            if not data:
-                return
-            try:
-                sent = self.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._unsent = b""  # the connection is dead; its thread finds out on recv
-                return
-            self._unsent = data[sent:]
-            if self._unsent:
-                self.stalled = True
-                self.server.drainer.watch(self)
-                return
+    def _send(self, data: bytes) -> bool:
+        """Send without blocking (the send lock held); False if the client's buffer
+        filled: the rest waits in ``_unsent`` for the drainer."""
+        try:
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._unsent = b""  # the connection is dead; its thread finds out on recv
+            return True
+        self._unsent = data[sent:] if sent < len(data) else b""
+        if self._unsent:
+            self.stalled = True
+            self.server.drainer.watch(self)
+            return False
+        return True
 
     def mark_dirty(self) -> None:
         """Another thread gave this connection's member a frame of its own."""
@@ -423,15 +437,14 @@ class TcpServer:
             dirty = self.dirty
             candidates = [dirty.popleft() for _ in range(len(dirty))]
         for connection in candidates:
-            session = connection.session
             if connection.stalled:
-                if not session.check_backlog():  # too slow: dropped, the others told
+                if not connection.session.check_backlog():  # too slow: dropped
                     connection.abort()
-                    self._flush_requested = True
-            elif session.has_output():
-                connection.flush()
-                if session.abort:
                     self._flush_requested = True  # its departure notice
+                continue
+            connection.flush()  # taking nothing costs about what asking would
+            if connection.session.abort:
+                self._flush_requested = True  # its departure notice
 
     # --- accepting -------------------------------------------------------------------------
 
