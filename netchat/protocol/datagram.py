@@ -21,6 +21,7 @@ Every datagram starts with ``b"nc"``, the layout version and a kind byte
     BYE     reason(UTF-8)              either side ends the session
     NOTICE  code(ASCII)                stateless error for an unvalidated source
     PEER    instance(8) seq(8) JSON    serverless multicast/broadcast peers
+    ACK     cumulative(8) echo(8) delay_us(4) window(2) count(1) ranges   rudp receipts
 
 Sequence numbers count *units*, not datagrams: a unit is one frame, or one piece of
 a frame too large for a datagram. A DATA datagram numbered ``seq`` carries the
@@ -65,9 +66,11 @@ __all__ = [
     "DATA_HEADER_BYTES",
     "HEADERS",
     "MAGIC",
+    "MAX_SACK_RANGES",
     "MORE",
     "NO_COOKIE",
     "Accept",
+    "Ack",
     "Bye",
     "Cookie",
     "CookieJar",
@@ -87,6 +90,7 @@ __all__ = [
     "SourceLimiter",
     "decode_datagram",
     "encode_accept",
+    "encode_ack",
     "encode_bye",
     "encode_cookie",
     "encode_data",
@@ -126,6 +130,7 @@ class Kind(enum.IntEnum):
     BYE = 8
     NOTICE = 9
     PEER = 10
+    ACK = 11
 
 
 _PREFIX = struct.Struct("!2sBB")
@@ -141,6 +146,7 @@ HEADERS: dict[Kind, struct.Struct] = {
     Kind.BYE: _PREFIX,
     Kind.NOTICE: _PREFIX,
     Kind.PEER: struct.Struct("!2sBB8sQ"),
+    Kind.ACK: struct.Struct("!2sBBQQIHB"),
 }
 _DATA = HEADERS[Kind.DATA]
 DATA_HEADER_BYTES = _DATA.size
@@ -234,7 +240,25 @@ class PeerData:
     payload: bytes
 
 
-Datagram = Hello | Cookie | Accept | Reject | Data | Ping | Pong | Bye | Notice | PeerData
+@dataclass(frozen=True)
+class Ack:
+    """A ``--proto rudp`` receipt: every unit before ``cumulative`` arrived, and so did
+    every unit in each ``[start, end)`` of ``ranges`` (SACK, ascending, disjoint).
+
+    ``echo`` is the first unit of the DATA datagram that arrived last and ``delay_us``
+    how long the receiver held this ACK since then, so the sender can time a round
+    trip; ``window`` is how many units from ``cumulative`` on the receiver accepts.
+    See :mod:`netchat.protocol.reliable`.
+    """
+
+    cumulative: int
+    echo: int
+    delay_us: int
+    window: int
+    ranges: tuple[tuple[int, int], ...] = ()
+
+
+Datagram = Hello | Cookie | Accept | Reject | Data | Ping | Pong | Bye | Notice | PeerData | Ack
 
 
 def _malformed(what: str) -> RemoteProtocolError:
@@ -288,6 +312,8 @@ def decode_datagram(data: bytes) -> Datagram:
     fields = header.unpack_from(data)[3:]
     body = data[header.size :]
     try:
+        if kind is Kind.ACK:  # first: most of what a rudp relay receives
+            return _decode_ack(fields, body)
         if kind is Kind.HELLO:
             return Hello(fields[0], body)
         if kind is Kind.COOKIE:
@@ -315,6 +341,29 @@ def decode_datagram(data: bytes) -> Datagram:
         return PeerData(fields[0], fields[1], body)
     except UnicodeDecodeError:
         raise RemoteProtocolError(f"{kind.name} text is not UTF-8", code="bad-utf8") from None
+
+
+#: Most SACK ranges in one ACK: every pattern of holes in the default window of 64
+#: units, in under 300 bytes; with a wider window the receiver lists the highest
+#: ranges (see :mod:`netchat.protocol.reliable`).
+MAX_SACK_RANGES = 32
+#: One SACK range: its start as an offset above ``cumulative``, and its length.
+_SACK_RANGE = struct.Struct("!II")
+_U32 = 0xFFFF_FFFF
+
+
+def _decode_ack(fields: tuple[int, ...], body: bytes) -> Ack:
+    cumulative, echo, delay_us, window, count = fields
+    if count > MAX_SACK_RANGES or len(body) != count * _SACK_RANGE.size:
+        raise _malformed("ACK range count does not match its body")
+    ranges = []
+    lowest = 1  # offset 0 is the unit the cumulative ack says is missing
+    for offset, length in _SACK_RANGE.iter_unpack(body):
+        if offset < lowest or length == 0:
+            raise _malformed("ACK ranges must be non-empty, ascending and apart")
+        ranges.append((cumulative + offset, cumulative + offset + length))
+        lowest = offset + length + 1
+    return Ack(cumulative, echo, delay_us, window, tuple(ranges))
 
 
 def _prefix(kind: Kind) -> bytes:
@@ -367,6 +416,35 @@ def encode_notice(code: str) -> bytes:
 
 def encode_peer(instance: bytes, seq: int, frame_json: bytes) -> bytes:
     return HEADERS[Kind.PEER].pack(MAGIC, DATAGRAM_VERSION, Kind.PEER, instance, seq) + frame_json
+
+
+def encode_ack(ack: Ack) -> bytes:
+    """An ACK; ``delay_us`` is clamped to what 4 bytes hold.
+
+    Raises:
+        LocalProtocolError: more than :data:`MAX_SACK_RANGES` ranges, or ranges that are
+            empty, overlapping, touching, out of order or not above ``cumulative``.
+    """
+    if len(ack.ranges) > MAX_SACK_RANGES:
+        raise LocalProtocolError(f"an ACK carries at most {MAX_SACK_RANGES} ranges")
+    body = []
+    lowest = ack.cumulative + 1
+    for start, end in ack.ranges:
+        if start < lowest or end <= start or max(start - ack.cumulative, end - start) > _U32:
+            raise LocalProtocolError(f"bad SACK range [{start}, {end}) above {ack.cumulative}")
+        body.append(_SACK_RANGE.pack(start - ack.cumulative, end - start))
+        lowest = end + 1
+    header = HEADERS[Kind.ACK].pack(
+        MAGIC,
+        DATAGRAM_VERSION,
+        Kind.ACK,
+        ack.cumulative,
+        ack.echo,
+        min(max(ack.delay_us, 0), _U32),
+        ack.window,
+        len(ack.ranges),
+    )
+    return header + b"".join(body)
 
 
 def pack_data(
