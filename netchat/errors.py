@@ -42,6 +42,18 @@ class FrameTooLarge(RemoteProtocolError):
     code = "too-large"
 
 
+class AuthenticationFailed(RemoteProtocolError):
+    """A sealed datagram did not authenticate: wrong password, tampering or a forgery."""
+
+    code = "auth"
+
+
+class ReplayedDatagram(RemoteProtocolError):
+    """A sealed datagram whose counter was already accepted or is older than the window."""
+
+    code = "replay"
+
+
 class CommandError(NetchatError):
     """A ``/command`` line that cannot be parsed (unknown command, missing argument)."""
 
