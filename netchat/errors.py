@@ -52,6 +52,17 @@ class ConfigError(NetchatError, ValueError):
         super().__init__(message)
         self.field = field
 
+class AuthenticationFailed(RemoteProtocolError):
+    """A sealed datagram did not authenticate: wrong password, tampering or a forgery."""
+
+    code = "auth"
+
+
+class ReplayedDatagram(RemoteProtocolError):
+    """A sealed datagram whose counter was already accepted or is older than the window."""
+
+    code = "replay"
+
 
 class CommandError(NetchatError):
     """A ``/command`` line that cannot be parsed (unknown command, missing argument)."""
