@@ -52,6 +52,7 @@ class ConfigError(NetchatError, ValueError):
         super().__init__(message)
         self.field = field
 
+
 class AuthenticationFailed(RemoteProtocolError):
     """A sealed datagram did not authenticate: wrong password, tampering or a forgery."""
 

@@ -814,9 +814,9 @@ def test_total_loss_ends_in_a_dead_verdict_not_a_hang() -> None:
 def test_constructor_limits() -> None:
     for bad in ({"window": 0}, {"window": 70_000}, {"min_rto": 0}, {"max_rto": 0.01}):
         with pytest.raises(ValueError):
-            rel.Sender(**bad)  # type: ignore[arg-type]
+            rel.Sender(**bad)
     for bad in ({"window": 0}, {"ack_every": 0}, {"max_ack_delay": -1}):
         with pytest.raises(ValueError):
-            rel.Receiver(**bad)  # type: ignore[arg-type]
+            rel.Receiver(**bad)
     assert rel.Sender(window=rel.MAX_WINDOW).window == rel.MAX_WINDOW
     assert rel.Receiver(window=rel.MAX_WINDOW).window == rel.MAX_WINDOW
