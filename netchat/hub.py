@@ -53,7 +53,14 @@ from .protocol.frames import (
 )
 from .protocol.limits import MAX_FRAME_BYTES, MAX_TEXT_CHARS
 from .protocol.render import render_text
-from .protocol.text import name_candidates, name_key, name_problem, sanitize_text
+from .protocol.text import (
+    NameIndex,
+    name_candidates,
+    name_problem,
+    normalize_name,
+    quote_input,
+    sanitize_text,
+)
 
 log = logging.getLogger("netchat.hub")
 
@@ -82,7 +89,7 @@ class Outbound:
         if name == "json":
             value = encode_frame(self.frame)
         elif name == "text":
-            value = render_text(self.frame)
+            value = render_text(self.frame, time.time())  # the time of ts-less frames
         else:
             raise AttributeError(name)
         object.__setattr__(self, name, value)
@@ -175,7 +182,7 @@ class Hub:
         self._clock = clock
         self._event_sink = event_sink
         self._lock = threading.Lock()
-        self._members: dict[str, Member] = {}  # name_key -> member
+        self._members: NameIndex[Member] = NameIndex()  # name -> member; look-alikes are one
         self._by_session: dict[int, Member] = {}  # id(session) -> member
         self._seq = 0
         #: set by a transport that sends through a shared fan-out (see :class:`Fanout`)
@@ -207,7 +214,7 @@ class Hub:
             Rejected: the name is invalid (``bad-name``) or taken (``name-taken``);
                 ``suggestion`` holds a free alternative.
         """
-        name = name.strip()
+        name = normalize_name(name)
         with self._lock:
             if id(session) in self._by_session:
                 raise Rejected("you have already joined", code="already-joined")
@@ -220,7 +227,7 @@ class Hub:
             self._broadcast_locked(Joined(name, ts, seq))
             self._emit("join", name=name, peer=session.peer, ts=ts, seq=seq)
             member = Member(name, session, ts)
-            self._members[name_key(name)] = member
+            self._members[name] = member
             self._by_session[id(session)] = member
             if self.fanout is not None:
                 self.fanout.add(session)
@@ -284,7 +291,7 @@ class Hub:
         elif isinstance(frame, Private):
             self._private_locked(member, frame)
         elif isinstance(frame, Nick):
-            self._rename_locked(member, frame.name.strip())
+            self._rename_locked(member, normalize_name(frame.name))
         elif isinstance(frame, Who):
             self._send_locked(member, UserList(self._listed_names_locked()))
         elif isinstance(frame, Help):
@@ -313,12 +320,12 @@ class Hub:
         return text
 
     def _private_locked(self, member: Member, frame: Private) -> None:
-        target = self._members.get(name_key(frame.to.strip()))
+        target = self._members.get(frame.to.strip())
         if target is None:
             self._error_to(
                 member.session,
                 "no-such-user",
-                f"no user named {sanitize_text(frame.to)!r}; /who lists who is online",
+                f"no user named {quote_input(frame.to)}; /who lists who is online",
             )
             return
         text = self._clean_text_locked(member, frame.text)
@@ -333,37 +340,36 @@ class Hub:
         if new == member.name:
             return
         try:
-            if name_key(new) != name_key(member.name):
-                self._check_name_locked(new)
-            elif (problem := name_problem(new)) is not None:
-                raise Rejected(problem, code="bad-name")
+            self._check_name_locked(new, renaming=member)
         except Rejected as exc:
             self._error_to(member.session, exc.code, str(exc), exc.suggestion or "")
             return
         old = member.name
-        del self._members[name_key(old)]
+        del self._members[old]
         member.name = new
-        self._members[name_key(new)] = member
+        self._members[new] = member
         seq, ts = self._stamp_locked()
         self._broadcast_locked(Renamed(old, new, ts, seq))
         self._emit("rename", old=old, new=new, ts=ts, seq=seq)
 
-    def _check_name_locked(self, name: str) -> None:
+    def _check_name_locked(self, name: str, renaming: Member | None = None) -> None:
         problem = name_problem(name)
         if problem is not None:
             suggestion = self._free_name_locked(name)
-            raise Rejected(f"{problem}; try {suggestion!r}", code="bad-name", suggestion=suggestion)
-        if name_key(name) in self._members:
+            raise Rejected(
+                f"{problem}; try {quote_input(suggestion)}", code="bad-name", suggestion=suggestion
+            )
+        if self._members.clash(name, ignoring=renaming) is not None:
             suggestion = self._free_name_locked(name)
             raise Rejected(
-                f"the name {name!r} is taken; try {suggestion!r}",
+                f"the name {quote_input(name)} is taken; try {quote_input(suggestion)}",
                 code="name-taken",
                 suggestion=suggestion,
             )
 
     def _free_name_locked(self, name: str) -> str:
         for candidate in name_candidates(name):
-            if name_key(candidate) not in self._members:
+            if candidate not in self._members:
                 return candidate
         return "guest"  # pragma: no cover - 10,000 taken variants of one name
 
@@ -371,7 +377,7 @@ class Hub:
         member = self._by_session.pop(id(session), None)
         if member is None:
             return
-        del self._members[name_key(member.name)]
+        del self._members[member.name]
         if self.fanout is not None:
             self.fanout.remove(session)
         seq, ts = self._stamp_locked()
@@ -431,7 +437,7 @@ class Hub:
             member = too_slow.pop()
             if self._by_session.pop(id(member.session), None) is None:
                 continue
-            del self._members[name_key(member.name)]
+            del self._members[member.name]
             member.session.close("too slow: outbound backlog over its limit")
             seq, ts = self._stamp_locked()
             left = Outbound(Left(member.name, ts, seq, "dropped", "too slow"))

@@ -32,8 +32,8 @@ def test_plain_and_structured_clients_share_one_chat(make_server: ServerFactory)
     alice = plain_client(address, "alice")
     bob = frame_client(address, "bob")
     carol = plain_client(address, "Карина")
-    alice.expect(r"^\* bob joined$")
-    alice.expect(r"^\* Карина joined$")
+    alice.expect(r"^\[..:..:..\] -!- bob joined$")
+    alice.expect(r"^\[..:..:..\] -!- Карина joined$")
 
     carol.send_line("привет всем 👋🏽 — 你好")
     for plain in (alice, carol):
@@ -119,7 +119,7 @@ def test_private_messages_reach_only_their_target(make_server: ServerFactory) ->
     seen_by_eve += eve.collect(0.3)
     assert not any("swordfish" in line for line in eve.lines + seen_by_eve)
     alice.send_line("/msg nobody hello")
-    alice.expect(r"^! no user named 'nobody'")
+    alice.expect(r"^\[..:..:..\] ! no user named 'nobody'")
 
 
 def test_taken_and_invalid_names_get_an_error_and_a_suggestion(make_server: ServerFactory) -> None:
@@ -147,21 +147,21 @@ def test_commands_from_a_plain_client(make_server: ServerFactory) -> None:
     alice = plain_client(address, "alice")
     bob = plain_client(address, "bob")
     alice.send_line("/who")
-    alice.expect(r"^\* Online \(2\): alice, bob$")
+    alice.expect(r"^\[..:..:..\] -!- Online \(2\): alice, bob$")
     alice.send_line("/me waves")
     bob.expect(r"^\[\d\d:\d\d:\d\d\] \* alice waves$")
     alice.send_line("/nick alicia")
-    bob.expect(r"^\* alice is now known as alicia$")
+    bob.expect(r"^\[..:..:..\] -!- alice is now known as alicia$")
     bob.send_line("/nick alicia")
-    bob.expect(r"^! the name 'alicia' is taken")
+    bob.expect(r"^\[..:..:..\] ! the name 'alicia' is taken")
     bob.send_line("//slash at the start")
     alice.expect(r"<bob> /slash at the start$")
     bob.send_line("/frobnicate")
-    bob.expect(r"^! unknown command /frobnicate")
+    bob.expect(r"^\[..:..:..\] ! unknown command /frobnicate")
     bob.send_line("/help")
     bob.expect(r"/msg NAME TEXT")
     bob.send_line("/quit see you")
-    alice.expect(r"^\* bob left: see you$")
+    alice.expect(r"^\[..:..:..\] -!- bob left: see you$")
     assert bob.wait_closed()
 
 
@@ -171,9 +171,9 @@ def test_disconnects_are_announced(make_server: ServerFactory) -> None:
     bob = plain_client(address, "bob")
     carol = frame_client(address, "carol")
     bob.close()
-    alice.expect(r"^\* bob left$")
+    alice.expect(r"^\[..:..:..\] -!- bob left$")
     carol.reset()
-    alice.expect(r"^\* carol left \(connection lost\)$")
+    alice.expect(r"^\[..:..:..\] -!- carol left \(connection lost\)$")
     alice.send_line("still here")
     alice.expect("<alice> still here")
 
@@ -184,9 +184,9 @@ def test_bad_input_gets_an_error_and_the_connection_survives(make_server: Server
     structured = frame_client(address, "structured")
 
     plain.send(b"caf\xe9 in latin-1\n")
-    plain.expect(r"^! line dropped: not valid UTF-8")
+    plain.expect(r"^\[..:..:..\] ! line dropped: not valid UTF-8")
     plain.send(b"x" * 70_000 + b"\n")
-    plain.expect(r"^! line dropped: longer than 65536 bytes")
+    plain.expect(r"^\[..:..:..\] ! line dropped: longer than 65536 bytes")
 
     for bad in (
         b"{not json",
@@ -216,7 +216,7 @@ def test_a_line_that_never_ends_does_not_grow_memory(make_server: ServerFactory)
     watcher = plain_client(address, "watcher")
     for _ in range(40):  # 40 x 64 KiB = 2.5 MiB with no newline
         dripper.send(b"z" * 65536)
-    dripper.expect(r"^! line dropped: longer than")
+    dripper.expect(r"^\[..:..:..\] ! line dropped: longer than")
     dripper.send(b"\nnormal again\n")
     watcher.expect(r"<dripper> normal again$")
 
@@ -305,7 +305,7 @@ def test_max_clients_and_per_address_caps_refuse_with_a_reason(make_server: Serv
 def test_a_connection_that_never_registers_is_dropped(make_server: ServerFactory) -> None:
     address = make_server(registration_timeout=0.5).address
     silent = LineClient(address)
-    silent.expect(r"^! no name received in time")
+    silent.expect(r"^\[..:..:..\] ! no name received in time")
     assert silent.wait_closed()
     dripping = LineClient(address)
     for _ in range(10):  # one byte every 0.1 s does not extend the deadline
@@ -314,7 +314,7 @@ def test_a_connection_that_never_registers_is_dropped(make_server: ServerFactory
         except OSError:
             break
         time.sleep(0.1)
-    dripping.expect(r"^! no name received in time")
+    dripping.expect(r"^\[..:..:..\] ! no name received in time")
 
 
 def test_silent_structured_clients_are_pinged_then_dropped(make_server: ServerFactory) -> None:
@@ -323,7 +323,7 @@ def test_silent_structured_clients_are_pinged_then_dropped(make_server: ServerFa
     silent = frame_client(address, "silent")
     ping = silent.next_frame(Ping)
     assert isinstance(ping, Ping)
-    watcher.expect(r"^\* silent timed out$")
+    watcher.expect(r"^\[..:..:..\] -!- silent timed out$")
     # the plain watcher, silent just as long, is not dropped: nc cannot answer pings
     watcher.send_line("still here")
     watcher.expect("<watcher> still here")
@@ -356,9 +356,9 @@ def test_event_log_records_every_event(make_server: ServerFactory, tmp_path: Pat
     alice.send_line("/msg bob psst")
     bob.expect("psst")
     bob.send_line("/bogus")
-    bob.expect("^! unknown command")
+    bob.expect(r"^\[..:..:..\] ! unknown command")
     alice.close()
-    bob.expect(r"^\* alice left$")
+    bob.expect(r"^\[..:..:..\] -!- alice left$")
     server.shutdown()
     events = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
     kinds = [e["event"] for e in events]
@@ -374,7 +374,7 @@ def test_shutdown_tells_everyone_and_closes(make_server: ServerFactory) -> None:
     waiting.expect("Type your name")
     threads_before = threading.active_count()
     server.shutdown("maintenance")
-    plain.expect(r"^\* server is shutting down: maintenance$")
+    plain.expect(r"^\[..:..:..\] -!- server is shutting down: maintenance$")
     frame = structured.next_frame(Shutdown)
     assert isinstance(frame, Shutdown) and frame.reason == "maintenance"
     for client in (plain, structured, waiting):
