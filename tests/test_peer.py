@@ -34,6 +34,7 @@ from netchat.protocol.frames import (
     encode_frame,
 )
 from netchat.protocol.render import render_lines
+from netchat.protocol.text import name_problem
 
 DEADLINE = 10.0
 LOOPBACK = "127.0.0.1"
@@ -274,15 +275,13 @@ def test_a_copied_instance_id_does_not_speak_rename_or_leave_for_her(
     (alice, _), (bob, b) = make_peer("alice"), make_peer("bob")
     b.wait_line("-!- alice joined")
     impostor = group_sender()  # another socket, so another source address:port
+    forged: list[Frame] = [
+        Message("alice", "send me your password", time.time(), 0),
+        Renamed("alice", "mallory", time.time(), 0),
+        Left("alice", time.time(), 0, "quit", "bye"),
+    ]
     try:
-        for seq, frame in enumerate(
-            [
-                Message("alice", "send me your password", time.time(), 0),
-                Renamed("alice", "mallory", time.time(), 0),
-                Left("alice", time.time(), 0, "quit", "bye"),
-            ],
-            start=1000,
-        ):
+        for seq, frame in enumerate(forged, start=1000):
             impostor.sendto(
                 dg.encode_peer(alice.instance, seq, encode_frame(frame)),
                 (DEFAULT_GROUP, group_port),
@@ -462,7 +461,7 @@ def test_no_free_numbered_name_still_leaves_the_peer_listening(
     monkeypatch.setattr(netchat.peer, "name_candidates", lambda name: iter(()))
     alice.presence(MALLORY, "alice", MALLORY_AT, claimed=1.0)
     assert alice.peer.name.startswith("alice-") and alice.peer.stats()["errors"] == 0
-    assert netchat.peer.name_problem(alice.peer.name) is None
+    assert name_problem(alice.peer.name) is None
 
 
 def test_the_tables_are_capped_under_a_flood_of_fake_peers() -> None:

@@ -524,9 +524,9 @@ def test_a_case_change_that_copies_another_name_clashes() -> None:
     assert index.clash("Alice", ignoring="alice's") is None
 
 
-NAMEISH = st.text(
-    st.characters(exclude_categories=("Cs",)), max_size=MAX_NAME_CHARS + 4
-) | st.sampled_from(["alice", "аlice", "aIice", "ALICE", "Алиса", "admin", "Jose\u0301", "x" * 30])
+NAMEISH = st.text(st.characters(codec="utf-8"), max_size=MAX_NAME_CHARS + 4) | st.sampled_from(
+    ["alice", "аlice", "aIice", "ALICE", "Алиса", "admin", "Jose\u0301", "x" * 30]
+)
 
 
 @SETTINGS

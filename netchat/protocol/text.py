@@ -98,6 +98,7 @@ _UNSAFE = re.compile(
     "\u3164\uffa0]|  "
     f"|[{_INVISIBLE}] | [{_INVISIBLE}]"
 )
+_UNSAFE_ASCII = re.compile("[\x00-\x1f\x7f]")
 _MARK_CATEGORIES = frozenset({"Mn", "Me"})
 
 
@@ -120,7 +121,31 @@ def _cap_marks(text: str) -> str:
     return "".join(kept) if dropped else text
 
 
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+@functools.cache
+def _mark_run_in_bmp() -> re.Pattern[str]:
+    """Nine or more marks or format characters in a row, in the BMP (built on first use).
+
+    A quick, exact pre-filter for :func:`_has_mark_flood`: a flood is such a run.
+    Only the BMP, because ``re`` tests characters beyond it against each range in
+    turn, which would make the check slower than the loop it saves.
+    """
+    ranges: list[list[int]] = []
+    for code in range(0x10000):
+        if unicodedata.category(chr(code)) in ("Mn", "Me", "Cf"):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    members = "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges)
+    return re.compile(f"[{members}]{{{MAX_MARKS_PER_CHARACTER + 1},}}")
+
+
 def _has_mark_flood(text: str) -> bool:
+    if _ASTRAL.search(text) is None and _mark_run_in_bmp().search(text) is None:
+        return False
     run = 0
     category = unicodedata.category
     for char in text:
@@ -158,8 +183,11 @@ def sanitize_text(text: str, *, keep_blanks: bool = False) -> str:
             spaces). Only for text the server itself wrote, such as the aligned
             columns of ``/help``: never for anything a user sent.
     """
-    if _UNSAFE.search(text) is None and (text.isascii() or not _has_mark_flood(text)):
-        return text  # the common case: nothing to do, no copy
+    if text.isascii():
+        if "  " not in text and _UNSAFE_ASCII.search(text) is None:
+            return text  # the common case: nothing to do, no copy
+    elif _UNSAFE.search(text) is None and not _has_mark_flood(text):
+        return text
     if _ESCAPE_START.search(text) is not None:
         text = _ESCAPE_SEQUENCE.sub("", text)
     text = text.translate(_TRANSLATION)
