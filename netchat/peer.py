@@ -599,9 +599,12 @@ class Peer:
         # only names it for want of better (claimed at "never", so it yields).
         claims = isinstance(frame, (Joined, Renamed))
         claimed_at = frame.ts if isinstance(frame, (Joined, Renamed)) else float("inf")
+        newcomer = self._newcomers.get(instance)
+        if newcomer is not None and newcomer.address != source:
+            self._counters["spoofed"] += 1
+            return None
         if claims:
             self._check_collision(instance, claim, claimed_at)
-        newcomer = self._newcomers.get(instance)
         if newcomer is None:
             first_seq = frame.seq if isinstance(frame, Joined) else seq
             kept = None if isinstance(frame, Joined) else frame
@@ -609,9 +612,6 @@ class Peer:
                 instance, _Newcomer(source, now, claim, claimed_at, max(first_seq, 1), kept)
             )
             self._announce_soon(now)
-            return None
-        if newcomer.address != source:
-            self._counters["spoofed"] += 1
             return None
         if claims:  # the latest claim is the one to show
             newcomer.claim, newcomer.claimed_at = claim, claimed_at
