@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from typing import TextIO
 
 from netchat import Client, ConnectionClosed, NetchatError
@@ -46,7 +47,7 @@ def main() -> int:
             print(f"logger_bot: joined as {client.name}", file=sys.stderr, flush=True)
             try:
                 for frame in client.events(max_events=args.max_events, duration=args.duration):
-                    for line in render_lines(frame):
+                    for line in render_lines(frame, time.time()):
                         out.write(line + "\n")
                     out.flush()  # a transcript someone tails must be current
             except ConnectionClosed as exc:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, TextIO
 from .errors import CommandError, ConnectError, NetchatError, TransportError
 from .protocol.commands import split_command
 from .protocol.frames import Frame, Message, PrivateMessage
-from .protocol.render import clock, render_lines
+from .protocol.render import ERROR, clock, render_lines
 from .protocol.text import name_key, sanitize_text
 from .transport.base import ChatEndpoint
 
@@ -148,7 +148,7 @@ class _PipeConsole:
             reconfigure(encoding="utf-8", errors="replace")
 
     def on_event(self, frame: Frame) -> None:
-        lines = render_lines(frame)
+        lines = render_lines(frame, time.time())
         if not lines:
             return
         with self._write_lock:
@@ -276,14 +276,12 @@ def format_event(frame: Frame, me: str, color: bool) -> tuple[StyleAndTextTuples
             (private_style, sanitize_text(frame.text)),
             ("", "\n"),
         ], to_me
-    lines = render_lines(frame)
-    if not lines:
-        return [], False
-    stamp = clock(getattr(frame, "ts", time.time()))
-    notice_style = ("ansired" if lines[0].startswith("!") else "ansibrightblack") if color else ""
     fragments: StyleAndTextTuples = []
-    for line in lines:
-        fragments += [(time_style, f"[{stamp}] "), (notice_style, line), ("", "\n")]
+    for line in render_lines(frame, time.time()):
+        stamp, _, rest = line.partition("] ")  # every rendered line starts with its time
+        is_error = rest.startswith(ERROR)
+        notice_style = ("ansired" if is_error else "ansibrightblack") if color else ""
+        fragments += [(time_style, f"{stamp}] "), (notice_style, rest), ("", "\n")]
     return fragments, False
 
 

@@ -63,7 +63,14 @@ from .protocol.frames import (
 )
 from .protocol.limits import MAX_FRAME_BYTES, MAX_TEXT_CHARS
 from .protocol.render import render_text
-from .protocol.text import name_candidates, name_key, name_problem, sanitize_text
+from .protocol.text import (
+    NameIndex,
+    name_candidates,
+    name_problem,
+    normalize_name,
+    quote_input,
+    sanitize_text,
+)
 from .streamlog import Cursor, StreamLog, WireFormat
 
 log = logging.getLogger("netchat.hub")
@@ -83,24 +90,26 @@ class Outbound:
     """A frame on its way out, with its wire encodings computed at most once each.
 
     ``json`` is the frame as one JSON line (structured clients, datagrams), ``text``
-    as readable ``\\r\\n`` lines (``nc``/``telnet`` clients). Each is computed on first
-    access and then stored in its slot. Two threads may race to fill a slot; both
-    compute the same bytes, so the race is harmless and cheaper than a lock.
+    as readable ``\\r\\n`` lines (``nc``/``telnet`` clients), stamped with ``at`` when
+    the frame carries no time of its own. Each is computed on first access and then
+    stored in its slot. Two threads may race to fill a slot; both compute the same
+    bytes, so the race is harmless and cheaper than a lock.
     """
 
-    __slots__ = ("frame", "json", "text")
+    __slots__ = ("at", "frame", "json", "text")
     json: bytes
     text: bytes
 
-    def __init__(self, frame: Frame) -> None:
+    def __init__(self, frame: Frame, at: float | None = None) -> None:
         self.frame = frame
+        self.at = time.time() if at is None else at
 
     def __getattr__(self, name: str) -> bytes:
         # Only called while a slot is still empty.
         if name == "json":
             value = encode_frame(self.frame)
         elif name == "text":
-            value = render_text(self.frame)
+            value = render_text(self.frame, self.at)
         else:
             raise AttributeError(name)
         object.__setattr__(self, name, value)
@@ -153,7 +162,8 @@ class Hub:
         self._monotonic = monotonic
         self._record = record
         self._lock = threading.Lock()
-        self._members: dict[str, Member] = {}  # name_key -> member, in joining order
+        # name -> member, in joining order; look-alike names are one (see NameIndex)
+        self._members: NameIndex[Member] = NameIndex()
         self._seq = 0
         self._closed = False
         self._log = StreamLog()
@@ -164,6 +174,10 @@ class Hub:
         self._gathered_left: list[str] = []
 
     # --- queries -----------------------------------------------------------------
+
+    def now(self) -> float:
+        """The hub's wall-clock time: what server notices are stamped with."""
+        return self._clock()
 
     def names(self) -> tuple[str, ...]:
         """Names of the members, in joining order (a renamed member moves to the end)."""
@@ -219,7 +233,7 @@ class Hub:
                 with a free alternative in ``suggestion``; or the server is
                 shutting down (``shutting-down``).
         """
-        name = name.strip()
+        name = normalize_name(name)
         with self._lock:
             if self._closed:
                 raise Rejected("the server is shutting down", code="shutting-down")
@@ -234,8 +248,8 @@ class Hub:
                 seq, ts = self._stamp_locked()
                 self._broadcast_locked(Joined(name, ts, seq))
             member = Member(name, peer, self._log.open(wire_format), ts)
-            self._members[name_key(name)] = member
-            self._log.patch(member.cursor, Outbound(self._welcome_locked(name)))
+            self._members[name] = member
+            self._log.patch(member.cursor, Outbound(self._welcome_locked(name), ts))
             self._emit("join", name=name, peer=peer, ts=ts, seq=seq)
         log.info("%s joined from %s", name, peer)
         return member
@@ -267,7 +281,7 @@ class Hub:
                 return
             self._closed = True
             self._announce_gathered_locked()
-            self._log.broadcast(Outbound(Shutdown(reason)))
+            self._log.broadcast(Outbound(Shutdown(reason), self._clock()))
             members = list(self._members.values())
             for member in members:
                 self._remove_locked(member)
@@ -307,13 +321,13 @@ class Hub:
         """Queue ``frame`` for ``member`` alone, after everything it is owed."""
         with self._lock:
             if member.present:
-                self._log.patch(member.cursor, Outbound(frame))
+                self._log.patch(member.cursor, Outbound(frame, self._clock()))
 
     def report_error(self, member: Member | None, peer: str, error: Error) -> None:
         """Tell ``member`` (if joined) about ``error`` and record it in the event log."""
         with self._lock:
             if member is not None and member.present:
-                self._log.patch(member.cursor, Outbound(error))
+                self._log.patch(member.cursor, Outbound(error, self._clock()))
             self._emit(
                 "error",
                 name=member.name if member is not None else None,
@@ -336,13 +350,13 @@ class Hub:
         if isinstance(frame, Private):
             return self._private_locked(member, frame)
         if isinstance(frame, Nick):
-            return self._rename_locked(member, frame.name.strip())
+            return self._rename_locked(member, normalize_name(frame.name))
         if isinstance(frame, Who):
-            self._log.patch(member.cursor, Outbound(UserList(self._listed_names_locked())))
+            self._send_locked(member, UserList(self._listed_names_locked()))
         elif isinstance(frame, Help):
-            self._log.patch(member.cursor, Outbound(Info(HELP_TEXT)))
+            self._send_locked(member, Info(HELP_TEXT))
         elif isinstance(frame, Ping):
-            self._log.patch(member.cursor, Outbound(Pong(frame.token)))
+            self._send_locked(member, Pong(frame.token))
         elif isinstance(frame, Pong):
             pass  # liveness is the session's business; any frame proves it
         elif isinstance(frame, Hello):
@@ -361,10 +375,11 @@ class Hub:
         return text, None
 
     def _private_locked(self, member: Member, frame: Private) -> Error | None:
-        target = self._members.get(name_key(frame.to.strip()))
+        target = self._members.get(frame.to.strip())
         if target is None:
-            wanted = sanitize_text(frame.to)[:40]
-            return Error("no-such-user", f"no user named {wanted!r}; /who lists who is online")
+            return Error(
+                "no-such-user", f"no user named {quote_input(frame.to)}; /who lists who is online"
+            )
         text, error = self._clean_text(frame.text)
         if not text:
             return error
@@ -379,44 +394,43 @@ class Hub:
         if new == member.name:
             return None
         try:
-            if name_key(new) != name_key(member.name):
-                self._check_name_locked(new)
-            elif (problem := name_problem(new)) is not None:
-                raise Rejected(problem, code="bad-name")
+            self._check_name_locked(new, renaming=member)
         except Rejected as exc:
             return Error(exc.code, str(exc), exc.suggestion or "")
         old = member.name
-        del self._members[name_key(old)]
+        del self._members[old]
         member.name = new
-        self._members[name_key(new)] = member
+        self._members[new] = member
         seq, ts = self._stamp_locked()
         self._broadcast_locked(Renamed(old, new, ts, seq))
         self._emit("rename", old=old, new=new, ts=ts, seq=seq)
         return None
 
-    def _check_name_locked(self, name: str) -> None:
+    def _check_name_locked(self, name: str, renaming: Member | None = None) -> None:
         problem = name_problem(name)
         if problem is not None:
             suggestion = self._free_name_locked(name)
-            raise Rejected(f"{problem}; try {suggestion!r}", code="bad-name", suggestion=suggestion)
-        if name_key(name) in self._members:
+            raise Rejected(
+                f"{problem}; try {quote_input(suggestion)}", code="bad-name", suggestion=suggestion
+            )
+        if self._members.clash(name, ignoring=renaming) is not None:
             suggestion = self._free_name_locked(name)
             raise Rejected(
-                f"the name {name!r} is taken; try {suggestion!r}",
+                f"the name {quote_input(name)} is taken; try {quote_input(suggestion)}",
                 code="name-taken",
                 suggestion=suggestion,
             )
 
     def _free_name_locked(self, name: str) -> str:
         for candidate in name_candidates(name):
-            if name_key(candidate) not in self._members:
+            if candidate not in self._members:
                 return candidate
         return "guest"  # pragma: no cover - 10,000 taken variants of one name
 
     def _remove_locked(self, member: Member) -> None:
         member.present = False
-        if self._members.get(name_key(member.name)) is member:
-            del self._members[name_key(member.name)]
+        if self._members.get(member.name) is member:
+            del self._members[member.name]
         self._log.stop(member.cursor)
 
     def _stamp_locked(self) -> tuple[int, float]:
@@ -450,11 +464,14 @@ class Hub:
             return (*names, f"… {total - len(names)} more")
         return tuple(names)
 
+    def _send_locked(self, member: Member, frame: Frame) -> None:
+        self._log.patch(member.cursor, Outbound(frame, self._clock()))
+
     def _broadcast_locked(self, frame: Frame) -> None:
         # Whoever is about to be heard from must have been announced first.
         if self._gathered_since is not None:
             self._announce_gathered_locked()
-        self._log.broadcast(Outbound(frame))
+        self._log.broadcast(Outbound(frame, self._clock()))
 
     # --- presence storms --------------------------------------------------------------
 
@@ -492,7 +509,7 @@ class Hub:
             len(joined) - len(shown_joined),
             len(left) - len(shown_left),
         )
-        self._log.broadcast(Outbound(notice))
+        self._log.broadcast(Outbound(notice, ts))
         self._emit("presence", joined=len(joined), left=len(left), ts=ts, seq=seq)
 
     def _emit(self, event: str, **fields: Any) -> None:

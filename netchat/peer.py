@@ -9,21 +9,47 @@ other). A datagram is a PEER datagram (:mod:`netchat.protocol.datagram`): a rand
 as JSON, so the console renders peers exactly like a server's users:
 
 * presence: ``Joined(name, ts=when the name was claimed, seq=next sequence number)``,
-  sent unsequenced (header seq 0) at start, every heartbeat interval, and whenever a
-  newcomer appears (so it learns the room at once). A peer not heard from for
-  :data:`MISSED_HEARTBEATS` intervals is shown as ``* bob timed out``.
+  sent unsequenced (header seq 0) at start, every heartbeat interval, and soon
+  after a newcomer appears (so it learns the room at once). A peer not heard from
+  for :data:`MISSED_HEARTBEATS` intervals is shown as ``-!- bob timed out``.
 * chat: ``Message``, ``PrivateMessage`` (every peer receives it; only the peer it is
   addressed to shows it), ``Renamed`` and ``Left``, numbered per instance, so
   receivers detect loss, duplicates and reordering as a relay client does.
 
+Without a shared secret anyone on the group can send anything, so a peer trusts
+little and keeps everything bounded:
+
+* **Instances are bound to their source.** Each peer sends from a socket of its own
+  (an ephemeral port, which nobody else can bind), and the first address:port an
+  instance id is heard from is the only one accepted for it: copying someone's
+  instance id does not let a stranger speak, rename or leave in her name.
+* **A newcomer is shown once heard twice.** One datagram from an unknown instance
+  makes it a *newcomer* (not shown, kept at most :data:`NEWCOMER_EXPIRY` heartbeat
+  intervals, at most :data:`MAX_NEWCOMERS` of them and :data:`MAX_NEWCOMERS_PER_HOST`
+  per address), so a flood of fake ids heard once each costs a fixed table and shows
+  nothing. A second datagram from the same source makes it a peer (at most
+  :data:`MAX_PEERS`).
+* **Replies are rate-limited.** A newcomer brings our next announcement forward,
+  never closer than :data:`REPLY_SPACING` intervals to the previous one, so a flood
+  of newcomers draws a handful of announcements, not one each.
+* **A sequence jump silences no one.** A peer's presence says which number it will
+  send next; if forged units pushed our tracker far beyond it, the tracker restarts
+  there.
+* **A name is kept by whoever holds it.** Once we have announced our name for a
+  heartbeat interval it is ours: a later claim to it, whatever timestamp it carries,
+  does not move us; we (and every peer that knew us first) show the claimant as
+  ``alice#3f2a`` (its name, ``#`` and the start of its instance id: not a valid name,
+  so nobody can hold it). Two peers that claim one name within their first interval
+  (started together) resolve it as before: the earlier claim (then the smaller
+  instance id) keeps it, the other renames itself to the first free ``name2``,
+  ``name3``… and says so.
+
 Nothing a datagram claims is trusted for display: messages are shown under the name
 its instance announced, names must pass :func:`name_problem` and text is sanitised.
 One's own datagrams are recognised by the instance id and skipped; what a peer says
-is echoed locally, so it is shown exactly once.
-
-Name collisions are resolved without coordination: the claim with the earlier
-timestamp (then the smaller instance id) keeps the name; the other peer renames
-itself to the first free ``name2``, ``name3``…, and says so to everyone.
+is echoed locally, so it is shown exactly once. No datagram can end the receive
+thread: a malformed one is counted (``invalid``), and should one trip a bug, the
+error is logged and counted (``errors``) and the peer keeps listening.
 """
 
 from __future__ import annotations
@@ -64,8 +90,18 @@ from .protocol.frames import (
     decode_frame,
     encode_frame,
 )
-from .protocol.limits import MAX_DATAGRAM_BYTES, MAX_TEXT_CHARS
-from .protocol.text import name_candidates, name_key, name_problem, sanitize_text
+from .protocol.limits import MAX_DATAGRAM_BYTES, MAX_NAME_CHARS, MAX_TEXT_CHARS
+from .protocol.text import (
+    name_candidates,
+    name_key,
+    name_keys,
+    name_problem,
+    names_clash,
+    normalize_name,
+    quote_input,
+    repair_name,
+    sanitize_text,
+)
 from .transport.base import ClosedHandler, EventHandler
 from .transport.waiting import wait_readable
 
@@ -79,23 +115,54 @@ HEARTBEAT_INTERVAL = 2.0
 MISSED_HEARTBEATS = 3
 #: Largest frame a peer sends: one datagram with its header.
 MAX_PEER_FRAME = MAX_DATAGRAM_BYTES - dg.HEADERS[dg.Kind.PEER].size
+#: Most peers we keep; a newcomer beyond them is ignored until someone leaves.
+MAX_PEERS = 256
+#: Most instances heard only once that we keep (see the module docstring).
+MAX_NEWCOMERS = 64
+#: Most of those from one address: one host spraying ids cannot crowd out the others.
+MAX_NEWCOMERS_PER_HOST = 8
+#: Heartbeat intervals after which an instance heard only once is forgotten.
+NEWCOMER_EXPIRY = 2.0
+#: Least gap between two announcements, in heartbeat intervals.
+REPLY_SPACING = 0.125
+#: Units a presence may trail data sent after it (reordering on the network).
+REORDER_SLACK = 64
+#: Longest ``/quit`` reason sent to the group, in characters.
+MAX_REASON_CHARS = 200
+
+Address = tuple[str, int]
+
+
+@dataclass
+class _Newcomer:
+    """An instance heard once: not shown until heard again from the same address."""
+
+    address: Address
+    heard_at: float
+    claim: str
+    claimed_at: float
+    first_seq: int
+    frame: Frame | None  # a sequenced frame it sent, shown if it becomes a peer
 
 
 @dataclass
 class _Known:
     """Another peer, as we have heard it."""
 
-    name: str
+    address: Address
+    claim: str  # the name it claims
+    name: str  # the name we show: its claim, or claim#tag while another holds that name
     claimed_at: float
     last_heard: float
     tracker: dg.SequenceTracker[Frame] = field(repr=False)
+    warned: bool = False  # told our user that it claims our name
 
 
 class Peer:
     """A serverless chat endpoint (:class:`~netchat.transport.base.ChatEndpoint`).
 
     Args:
-        name: the name to use; changed visibly if another peer already has it.
+        name: the name to use; changed visibly if another peer already holds it.
         group: multicast group (or, with ``broadcast``, the broadcast address;
             the default group then means 255.255.255.255).
         port: UDP port shared by all peers.
@@ -120,7 +187,7 @@ class Peer:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._name = name.strip()
+        self._name = normalize_name(name)
         self.group = group
         self.port = port
         self.interface = interface
@@ -131,13 +198,18 @@ class Peer:
         self._clock = clock
         self._wall_clock = wall_clock
         self.instance = os.urandom(8)
-        self._claimed_at = 0.0
-        self._sock: socket.socket | None = None
-        self._destination: tuple[str, int] = (group, port)
+        self._claimed_at = 0.0  # wall clock, announced: breaks ties between new claims
+        self._holds_name_from = 0.0  # monotonic: from then on our name is ours to keep
+        self._sock: socket.socket | None = None  # bound to the group: receives
+        self._send_sock: socket.socket | None = None  # our own port: others bind us to it
+        self._destination: Address = (group, port)
         self._lock = threading.Lock()
         self._known: dict[bytes, _Known] = {}
+        self._newcomers: dict[bytes, _Newcomer] = {}
         self._seq = 1
         self._next_presence = 0.0
+        self._last_presence = float("-inf")
+        self._full_warned = False
         self._on_event: EventHandler | None = None
         self._on_closed: ClosedHandler | None = None
         self._thread: threading.Thread | None = None
@@ -153,7 +225,7 @@ class Peer:
         return self._name
 
     def start(self, on_event: EventHandler, on_closed: ClosedHandler) -> None:
-        """Open the socket, join the group, announce ourselves, start listening.
+        """Open the sockets, join the group, announce ourselves, start listening.
 
         Raises:
             Rejected: the name is not valid.
@@ -162,10 +234,10 @@ class Peer:
         problem = name_problem(self._name)
         if problem is not None:
             raise Rejected(problem, code="bad-name")
-        self._sock = self._open_socket()
+        self._sock, self._send_sock = self._open_sockets()
         self._on_event = on_event
         self._on_closed = on_closed
-        self._claimed_at = self._wall_clock()
+        self._claim_name(self._name)
         how = "broadcast" if self.broadcast else "multicast"
         where = f"{how} {self._destination[0]}:{self.port}"
         self._emit(Welcome(self._name, (self._name,), where))
@@ -194,10 +266,12 @@ class Peer:
         with self._lock:
             trackers = [known.tracker for known in self._known.values()]
             peers = len(self._known)
+            newcomers = len(self._newcomers)
         counters = dict(self._counters)
-        for counter in ("sent", "received", "invalid"):
+        for counter in ("sent", "received", "invalid", "errors"):
             counters.setdefault(counter, 0)
         counters["peers"] = peers
+        counters["newcomers"] = newcomers
         counters["lost"] = counters.get("lost_gone", 0) + sum(t.lost for t in trackers)
         counters["duplicates"] = counters.get("duplicates_gone", 0) + sum(
             t.duplicates for t in trackers
@@ -211,55 +285,70 @@ class Peer:
 
     def close(self) -> None:
         """Say goodbye to the group, stop listening and close. Idempotent."""
-        if self._stop.is_set():
-            return
-        with contextlib.suppress(OSError, ConnectionClosed):
-            self._send_sequenced(Left(self._name, self._wall_clock(), 0, "quit"))
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2)
-        self._finish(None)
+        self._leave("")
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._ended.wait(timeout)
 
+    def receive_datagram(self, data: bytes, source: Address, now: float | None = None) -> None:
+        """Act on one datagram heard on the group from ``source`` (``now``: our clock).
+
+        The receive thread calls this for every datagram. It never raises: a
+        malformed datagram is counted as ``invalid``; anything else that goes wrong
+        is logged and counted as ``errors``, and the peer keeps listening.
+        """
+        self._counters["received"] += 1
+        try:
+            self._on_datagram(data, source, self._clock() if now is None else now)
+        except RemoteProtocolError:
+            self._counters["invalid"] += 1
+        except Exception:
+            self._counters["errors"] += 1
+            log.exception("datagram from %s:%s not handled", *source[:2])
+
     # --- sockets ----------------------------------------------------------------------
 
-    def _open_socket(self) -> socket.socket:
+    def _open_sockets(self) -> tuple[socket.socket, socket.socket]:
         try:
             group = ipaddress.ip_address(self.group)
-            if group.version != 4:
-                raise ConnectError("peers use IPv4 multicast or broadcast")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         except ValueError as exc:
             raise ConnectError(f"bad group address {self.group!r}") from exc
+        if group.version != 4:
+            raise ConnectError("peers use IPv4 multicast or broadcast")
+        if not self.broadcast and not group.is_multicast:
+            raise ConnectError(f"{self.group} is not a multicast address")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if hasattr(socket, "SO_REUSEPORT"):  # several peers on one host share the port
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if self.broadcast:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-                target = "255.255.255.255" if group.is_multicast else self.group
                 sock.bind(("", self.port))
+                sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                target = "255.255.255.255" if group.is_multicast else self.group
                 self._destination = (target, self.port)
             else:
-                if not group.is_multicast:
-                    raise ConnectError(f"{self.group} is not a multicast address")
-                self._join_group(sock)
+                self._join_group(sock, sender)
+            # The sender gets an ephemeral port of its own now, so the address others
+            # bind our instance to is ours alone (see the module docstring).
+            sender.bind((self.interface or "", 0))
             sock.setblocking(False)
+            sender.setblocking(False)
         except OSError as exc:
             sock.close()
+            sender.close()
             raise ConnectError(
                 f"cannot join {self.group}:{self.port}: {exc.strerror or exc}"
             ) from exc
         except BaseException:
             sock.close()
+            sender.close()
             raise
-        return sock
+        return sock, sender
 
-    def _join_group(self, sock: socket.socket) -> None:
+    def _join_group(self, sock: socket.socket, sender: socket.socket) -> None:
         try:
             # Bound to the group itself, the socket receives only the group's traffic.
             sock.bind((self.group, self.port))
@@ -272,12 +361,12 @@ class Peer:
         if self.interface:
             # Without this the kernel sends by the routing table (the default route):
             # the loopback interface has no multicast route of its own.
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)
+        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
+        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
 
     def _send(self, datagram: bytes) -> None:
-        sock = self._sock
+        sock = self._send_sock
         if sock is None or self._stop.is_set():
             raise ConnectionClosed("not connected")
         try:
@@ -307,9 +396,16 @@ class Peer:
     def _announce(self) -> None:
         with self._lock:
             presence = Joined(self._name, self._claimed_at, self._seq)
-        self._next_presence = self._clock() + self.heartbeat_interval
+        now = self._clock()
+        self._last_presence = now
+        self._next_presence = now + self.heartbeat_interval
         with contextlib.suppress(OSError, ConnectionClosed):
             self._send(dg.encode_peer(self.instance, 0, encode_frame(presence)))
+
+    def _announce_soon(self, now: float) -> None:
+        """A newcomer should learn about us: announce soon, but never in a flood."""
+        soonest = self._last_presence + REPLY_SPACING * self.heartbeat_interval
+        self._next_presence = min(self._next_presence, max(now, soonest))
 
     # --- what the user does -------------------------------------------------------------
 
@@ -324,62 +420,105 @@ class Peer:
                 if self._send_sequenced(message):
                     self._emit(message)
         elif isinstance(frame, Private):
-            target = self._find(frame.to.strip())
-            text = sanitize_text(frame.text).strip()
-            if target is None:
-                self._emit(
-                    Error(
-                        "no-such-user",
-                        f"no peer named {sanitize_text(frame.to)!r}; /who lists who is here",
-                    )
-                )
-            elif text:
-                private = PrivateMessage(self._name, target, text, now, 0)
-                if self._send_sequenced(private):
-                    self._emit(private)
+            self._private(frame, now)
         elif isinstance(frame, Nick):
-            self._rename(frame.name.strip())
+            self._rename(normalize_name(frame.name))
         elif isinstance(frame, Who):
             self._emit(UserList(self._names()))
         elif isinstance(frame, Help):
             self._emit(Info(HELP_TEXT))
         elif isinstance(frame, Quit):
-            self.close()
+            self._leave(frame.reason)
         else:  # pragma: no cover - parse_input makes nothing else
             raise CommandError(f"a peer cannot send {frame.TYPE!r}")
+
+    def _private(self, frame: Private, now: float) -> None:
+        text = sanitize_text(frame.text).strip()
+        wanted = frame.to.strip()
+        if name_key(wanted) == name_key(self._name):
+            target: str | None = self._name
+        else:
+            known = self._find(wanted)
+            if known is not None and known.name != known.claim:
+                self._emit(
+                    Error(
+                        "no-such-user",
+                        f"{quote_input(known.name)} claims a name another peer holds;"
+                        " private messages to it are not sent",
+                    )
+                )
+                return
+            target = None if known is None else known.claim
+        if target is None:
+            self._emit(
+                Error(
+                    "no-such-user",
+                    f"no peer named {quote_input(frame.to)}; /who lists who is here",
+                )
+            )
+        elif text:
+            private = PrivateMessage(self._name, target, text, now, 0)
+            if self._send_sequenced(private):
+                self._emit(private)
 
     def _names(self) -> tuple[str, ...]:
         with self._lock:
             return (self._name, *sorted(k.name for k in self._known.values()))
 
-    def _find(self, name: str) -> str | None:
+    def _find(self, name: str) -> _Known | None:
+        """The peer shown as ``name`` (case and look-alikes aside)."""
         key = name_key(name)
-        if key == name_key(self._name):
-            return self._name
         with self._lock:
-            for known in self._known.values():
-                if name_key(known.name) == key:
-                    return known.name
+            known_peers = list(self._known.values())
+        for known in known_peers:
+            if name_key(known.name) == key:
+                return known
+        for known in known_peers:
+            if known.name == known.claim and names_clash(name, known.claim):
+                return known
         return None
+
+    def _claim_name(self, name: str) -> None:
+        with self._lock:
+            self._name = name
+            self._claimed_at = self._wall_clock()
+        # Everyone has heard the claim after one interval; from then on it is ours.
+        self._holds_name_from = self._clock() + self.heartbeat_interval
 
     def _rename(self, new: str, *, reason: str = "") -> None:
         problem = name_problem(new)
         if problem is not None:
             self._emit(Error("bad-name", problem))
             return
-        if name_key(new) != name_key(self._name) and self._find(new) is not None:
-            self._emit(Error("name-taken", f"another peer is called {new!r}"))
+        if not names_clash(new, self._name) and self._claimed_by_another(new):
+            self._emit(Error("name-taken", f"another peer is called {quote_input(new)}"))
             return
         old = self._name
-        renamed = Renamed(old, new, self._wall_clock(), 0)
-        with self._lock:
-            self._name = new
-            self._claimed_at = renamed.ts
+        self._claim_name(new)
+        renamed = Renamed(old, new, self._claimed_at, 0)
         with contextlib.suppress(OSError, ConnectionClosed):
             self._send_sequenced(renamed)
         if reason:
             self._emit(Info(reason))
         self._emit(renamed)
+        self._refresh_names()
+
+    def _claimed_by_another(self, name: str) -> bool:
+        with self._lock:
+            claims = [known.claim for known in self._known.values()]
+        return any(names_clash(name, claim) for claim in claims)
+
+    def _leave(self, reason: str) -> None:
+        if self._stop.is_set():
+            return
+        detail = sanitize_text(reason).strip()[:MAX_REASON_CHARS]
+        with contextlib.suppress(OSError, ConnectionClosed):
+            self._send_sequenced(Left(self._name, self._wall_clock(), 0, "quit", detail))
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+        self._finish(None)
 
     # --- what the group says ------------------------------------------------------------
 
@@ -391,7 +530,11 @@ class Peer:
                 readable = wait_readable([sock], self._wait_time())
                 if readable:
                     self._drain(sock)
-                self._tick(self._clock())
+                try:
+                    self._tick(self._clock())
+                except Exception:  # same rule as receive_datagram: keep listening
+                    self._counters["errors"] += 1
+                    log.exception("peer housekeeping failed")
         except (OSError, ValueError) as exc:
             if not self._stop.is_set():
                 log.warning("peer socket failed: %s", exc)
@@ -411,16 +554,12 @@ class Peer:
     def _drain(self, sock: socket.socket) -> None:
         for _ in range(64):
             try:
-                data = sock.recv(MAX_DATAGRAM_BYTES + 1)
+                data, source = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
             except (BlockingIOError, InterruptedError):
                 return
-            self._counters["received"] += 1
-            try:
-                self._on_datagram(data, self._clock())
-            except RemoteProtocolError:
-                self._counters["invalid"] += 1
+            self.receive_datagram(data, source[:2], self._clock())
 
-    def _on_datagram(self, data: bytes, now: float) -> None:
+    def _on_datagram(self, data: bytes, source: Address, now: float) -> None:
         datagram = dg.decode_datagram(data)
         if not isinstance(datagram, dg.PeerData):
             raise RemoteProtocolError(f"not a peer datagram: {type(datagram).__name__}")
@@ -428,67 +567,187 @@ class Peer:
             self._counters["own"] += 1  # our own, looped back: already shown
             return
         frame = decode_frame(datagram.payload)
-        if datagram.seq == 0:
-            if not isinstance(frame, Joined):
-                raise RemoteProtocolError("only presence may be unsequenced")
-            self._on_presence(datagram.instance, frame, now)
-            return
-        with self._lock:
-            known = self._known.get(datagram.instance)
+        if datagram.seq == 0 and not isinstance(frame, Joined):
+            raise RemoteProtocolError("only presence may be unsequenced")
+        known = self._known.get(datagram.instance)
         if known is None:
-            if isinstance(frame, Left):
-                return  # someone we never saw is leaving
-            sender = frame.sender if isinstance(frame, (Message, PrivateMessage)) else ""
-            sender = frame.new if isinstance(frame, Renamed) else sender
-            if name_problem(sender) is not None:
-                raise RemoteProtocolError("sequenced frame from an unknown peer without a name")
-            # Heard before its presence (we just started): take it in, claim time unknown.
-            known = self._add(datagram.instance, sender, float("inf"), datagram.seq, now)
+            known = self._on_stranger(datagram.instance, source, datagram.seq, frame, now)
+            if known is None:
+                return
+        elif known.address != source:
+            self._counters["spoofed"] += 1  # its id, another address: not her
+            return
         known.last_heard = now
+        if datagram.seq == 0:
+            assert isinstance(frame, Joined)
+            self._on_presence(datagram.instance, known, frame, now)
+            return
         for item in known.tracker.accept(datagram.seq, frame, now):
             self._on_sequenced(datagram.instance, known, item)
 
-    def _on_presence(self, instance: bytes, presence: Joined, now: float) -> None:
-        if name_problem(presence.name) is not None:
-            raise RemoteProtocolError("presence with an invalid name")
+    def _on_stranger(
+        self, instance: bytes, source: Address, seq: int, frame: Frame, now: float
+    ) -> _Known | None:
+        """A datagram from an instance that is not (yet) a peer; the peer if it now is."""
+        if isinstance(frame, Left):
+            self._newcomers.pop(instance, None)
+            return None  # someone we never saw is leaving
+        claim = _claimed_name(frame)
+        if name_problem(claim) is not None:
+            raise RemoteProtocolError("a datagram from an unknown peer without a valid name")
+        # A presence or rename says what it claims and since when; a message's sender
+        # only names it for want of better (claimed at "never", so it yields).
+        claims = isinstance(frame, (Joined, Renamed))
+        claimed_at = frame.ts if isinstance(frame, (Joined, Renamed)) else float("inf")
+        newcomer = self._newcomers.get(instance)
+        if newcomer is not None and newcomer.address != source:
+            self._counters["spoofed"] += 1
+            return None
+        if claims:
+            self._check_collision(instance, claim, claimed_at)
+        if newcomer is None:
+            first_seq = frame.seq if isinstance(frame, Joined) else seq
+            kept = None if isinstance(frame, Joined) else frame
+            self._add_newcomer(
+                instance, _Newcomer(source, now, claim, claimed_at, max(first_seq, 1), kept)
+            )
+            self._announce_soon(now)
+            return None
+        if claims:  # the latest claim is the one to show
+            newcomer.claim, newcomer.claimed_at = claim, claimed_at
         with self._lock:
-            known = self._known.get(instance)
-        if known is None:
-            self._add(instance, presence.name, presence.ts, presence.seq, now)
-            self._announce()  # let the newcomer learn about us right away
-        else:
-            known.last_heard = now
-            known.claimed_at = presence.ts
-            if known.name != presence.name:  # we missed its rename
-                old, known.name = known.name, presence.name
-                self._emit(Renamed(old, presence.name, presence.ts, 0))
-            for item in known.tracker.advance_to(presence.seq, now):
-                self._on_sequenced(instance, known, item)
-        self._check_collision(instance, presence)
+            full = len(self._known) >= MAX_PEERS
+            if full:
+                self._newcomers.pop(instance, None)
+        if full:
+            self._counters["peers_refused"] += 1
+            if not self._full_warned:
+                self._full_warned = True
+                self._emit(Info(f"more than {MAX_PEERS} peers: newcomers are ignored for now"))
+            return None
+        return self._confirm(instance, newcomer, now)
 
-    def _add(self, instance: bytes, name: str, claimed_at: float, seq: int, now: float) -> _Known:
-        tracker: dg.SequenceTracker[Frame] = dg.SequenceTracker(
-            max(seq, 1), reorder_window=self.reorder_window
-        )
-        known = _Known(name, claimed_at, now, tracker)
+    def _add_newcomer(self, instance: bytes, newcomer: _Newcomer) -> None:
         with self._lock:
+            same_host = [
+                i for i, n in self._newcomers.items() if n.address[0] == newcomer.address[0]
+            ]
+            if len(same_host) >= MAX_NEWCOMERS_PER_HOST:
+                del self._newcomers[same_host[0]]  # the oldest from that host
+            elif len(self._newcomers) >= MAX_NEWCOMERS:
+                del self._newcomers[next(iter(self._newcomers))]  # the oldest of all
+            self._newcomers[instance] = newcomer
+        self._counters["newcomers_heard"] += 1
+
+    def _confirm(self, instance: bytes, newcomer: _Newcomer, now: float) -> _Known:
+        """Heard twice from one address: a peer. Show it, and answer so it learns us."""
+        self._check_collision(instance, newcomer.claim, newcomer.claimed_at)
+        tracker: dg.SequenceTracker[Frame] = dg.SequenceTracker(
+            newcomer.first_seq, reorder_window=self.reorder_window
+        )
+        shown = self._shown_name(instance, newcomer.claim)
+        known = _Known(newcomer.address, newcomer.claim, shown, newcomer.claimed_at, now, tracker)
+        with self._lock:
+            self._newcomers.pop(instance, None)
             self._known[instance] = known
-        self._emit(Joined(name, self._wall_clock(), 0))
+        self._emit(Joined(shown, self._wall_clock(), 0))
+        self._announce_soon(now)
+        if newcomer.frame is not None:
+            for item in tracker.accept(newcomer.first_seq, newcomer.frame, now):
+                self._on_sequenced(instance, known, item)
         return known
 
-    def _check_collision(self, instance: bytes, presence: Joined) -> None:
-        if name_key(presence.name) != name_key(self._name):
+    def _on_presence(self, instance: bytes, known: _Known, presence: Joined, now: float) -> None:
+        if name_problem(presence.name) is not None:
+            raise RemoteProtocolError("presence with an invalid name")
+        if presence.seq + REORDER_SLACK < known.tracker.next_seq:
+            # We are far past what it says it has sent: forged units pushed its
+            # tracker ahead. Start again where it really is, so it is heard again.
+            self._counters["resynced"] += 1
+            self._retire_tracker(known)
+            known.tracker = dg.SequenceTracker(
+                max(presence.seq, 1), reorder_window=self.reorder_window
+            )
+        self._check_collision(instance, presence.name, presence.ts)
+        self._set_claim(instance, known, normalize_name(presence.name), presence.ts)
+        for item in known.tracker.advance_to(presence.seq, now):
+            self._on_sequenced(instance, known, item)
+
+    def _set_claim(self, instance: bytes, known: _Known, claim: str, claimed_at: float) -> None:
+        changed = claim != known.claim
+        known.claim = claim
+        known.claimed_at = claimed_at
+        if not changed and known.name == claim:
+            return  # the usual heartbeat: nothing to look up
+        shown = self._shown_name(instance, claim)
+        if shown != known.name:
+            old, known.name = known.name, shown
+            self._emit(Renamed(old, shown, self._wall_clock(), 0))
+        if changed:
+            self._refresh_names()  # its old name may be free for someone shown as name#tag
+
+    def _shown_name(self, instance: bytes, claim: str) -> str:
+        """``claim``, or ``claim#tag`` while we or another peer we know holds that name."""
+        held = names_clash(claim, self._name)
+        if not held:
+            with self._lock:
+                holders = [
+                    known.claim
+                    for other, known in self._known.items()
+                    if other != instance and known.name == known.claim
+                ]
+            held = any(names_clash(claim, holder) for holder in holders)
+        return f"{claim}#{instance[:2].hex()}" if held else claim
+
+    def _refresh_names(self) -> None:
+        """Names may have come free (a holder left or renamed): show them as claimed."""
+        with self._lock:
+            known_peers = list(self._known.items())
+        for instance, known in known_peers:
+            if known.name != known.claim:
+                self._set_claim(instance, known, known.claim, known.claimed_at)
+
+    def _check_collision(self, instance: bytes, claim: str, claimed_at: float) -> None:
+        if not names_clash(claim, self._name):
+            return
+        if self._clock() >= self._holds_name_from:
+            known = self._known.get(instance)
+            if known is not None and not known.warned:
+                known.warned = True
+                self._emit(
+                    Info(
+                        f"another peer ({known.address[0]}) also calls itself"
+                        f" {quote_input(claim)}; you keep your name, and it is shown as"
+                        f" {claim}#{instance[:2].hex()}"
+                    )
+                )
             return
         with self._lock:
             ours = (self._claimed_at, self.instance)
-        if (presence.ts, instance) >= ours:
+        if (claimed_at, instance) >= ours:
             return  # our claim is older: they will move
-        taken = {name_key(n) for n in self._names()}
-        new = next(c for c in name_candidates(self._name) if name_key(c) not in taken)
+        new = self._free_name(claim)
         self._rename(
             new,
             reason=f"another peer was already called {self._name}; you are now {new}",
         )
+
+    def _free_name(self, taken_name: str) -> str:
+        """The first of our name's candidates nobody claims (always returns one)."""
+        with self._lock:
+            claims = [taken_name, *(known.claim for known in self._known.values())]
+        keys = [name_keys(claim) for claim in claims]
+        folds = {key.fold for key in keys}
+        shapes = {key.shape for key in keys}
+        for candidate in name_candidates(self._name):
+            key = name_keys(candidate)
+            if key.fold not in folds and key.shape not in shapes:
+                return candidate
+        # Every numbered variant is taken (a hostile group): a random one is free.
+        suffix = "-" + os.urandom(3).hex()
+        base = repair_name(self._name)[: MAX_NAME_CHARS - len(suffix)]
+        candidate = base + suffix
+        return candidate if name_problem(candidate) is None else "guest" + suffix
 
     def _on_sequenced(self, instance: bytes, known: _Known, item: Frame | dg.Gap) -> None:
         if isinstance(item, dg.Gap):
@@ -503,29 +762,39 @@ class Peer:
                 text = sanitize_text(frame.text)[:MAX_TEXT_CHARS]
                 self._emit(PrivateMessage(known.name, self._name, text, frame.ts, frame.seq))
         elif isinstance(frame, Renamed):
-            if name_problem(frame.new) is None and frame.new != known.name:
-                old, known.name = known.name, frame.new
-                known.claimed_at = frame.ts
-                self._emit(Renamed(old, frame.new, frame.ts, 0))
+            new = normalize_name(frame.new)
+            if name_problem(new) is None and new != known.claim:
+                self._check_collision(instance, new, frame.ts)
+                self._set_claim(instance, known, new, frame.ts)
         elif isinstance(frame, Left):
-            self._forget(instance, known, "quit")
+            detail = sanitize_text(frame.detail).strip()[:MAX_REASON_CHARS]
+            self._forget(instance, known, "quit", detail)
         else:
             self._counters["invalid"] += 1
 
-    def _forget(self, instance: bytes, known: _Known, reason: str) -> None:
-        with self._lock:
-            if self._known.pop(instance, None) is None:
-                return
-        # Keep the counters of peers that left in the totals.
+    def _retire_tracker(self, known: _Known) -> None:
+        # Keep the counters of trackers we drop in the totals.
         self._counters["lost_gone"] += known.tracker.lost
         self._counters["duplicates_gone"] += known.tracker.duplicates
         self._counters["reordered_gone"] += known.tracker.reordered
-        self._emit(Left(known.name, self._wall_clock(), 0, reason))
+
+    def _forget(self, instance: bytes, known: _Known, reason: str, detail: str = "") -> None:
+        with self._lock:
+            if self._known.pop(instance, None) is None:
+                return
+            if len(self._known) < MAX_PEERS:
+                self._full_warned = False
+        self._retire_tracker(known)
+        self._emit(Left(known.name, self._wall_clock(), 0, reason, detail))
+        self._refresh_names()
 
     def _tick(self, now: float) -> None:
         if now >= self._next_presence:
             self._announce()
+        expiry = NEWCOMER_EXPIRY * self.heartbeat_interval
         with self._lock:
+            for instance in [i for i, n in self._newcomers.items() if now - n.heard_at > expiry]:
+                del self._newcomers[instance]
             known_peers = list(self._known.items())
         silent_after = MISSED_HEARTBEATS * self.heartbeat_interval
         for instance, known in known_peers:
@@ -545,10 +814,22 @@ class Peer:
             if self._finishing:
                 return
             self._finishing = True
-        if self._sock is not None:
-            self._sock.close()
+        for sock in (self._sock, self._send_sock):
+            if sock is not None:
+                sock.close()
         call_handler(self._on_closed, reason, log)
         self._ended.set()
+
+
+def _claimed_name(frame: Frame) -> str:
+    """The name a frame from an unknown instance says its sender has ('' if none)."""
+    if isinstance(frame, Joined):
+        return normalize_name(frame.name)
+    if isinstance(frame, (Message, PrivateMessage)):
+        return normalize_name(frame.sender)
+    if isinstance(frame, Renamed):
+        return normalize_name(frame.new)
+    return ""
 
 
 def lost_text(count: int) -> str:

@@ -59,7 +59,6 @@ from .protocol.banner import banner_line
 from .protocol.commands import parse_input, split_command
 from .protocol.frames import Error, Frame, Hello, Info, Ping, Quit, Shutdown, decode_frame
 from .protocol.ratelimit import TokenBucket
-from .protocol.render import render_text
 from .protocol.stream import LineReader
 from .protocol.text import name_problem, sanitize_text
 from .streamlog import WireFormat
@@ -178,7 +177,6 @@ class SessionPolicy:
 MISSED_PINGS_ALLOWED = 2
 #: ``NAME: text``, as the lab's clients send it.
 _NAME_PREFIX = re.compile(r"([^\s:]+): (.*)", re.DOTALL)
-_PROMPT_NAME = b"Type your name and press Enter:\r\n"
 
 
 class ErrorDigest:
@@ -368,7 +366,7 @@ class ServerSession:
         """
         if self.phase in (Phase.REGISTERING, Phase.JOINED):
             if self.member is None:
-                self._before.append(self._encode(Outbound(Shutdown(reason))))
+                self._before.append(self._encode(Shutdown(reason)))
             self._close(reason, leave_reason="shutdown")
         return self._take_events()
 
@@ -591,7 +589,7 @@ class ServerSession:
         if self.mode is Mode.STRUCTURED or not self.policy.stream:
             self._send_error(error)
         else:
-            self._before.append(f"! {sanitize_text(str(exc))}. Type another name:\r\n".encode())
+            self._before.append(self._encode(Error(exc.code, f"{exc}. Type another name:")))
             self.hub.report_error(None, self.peer, error)
 
     def _chat_structured(self, line: bytes) -> None:
@@ -657,7 +655,7 @@ class ServerSession:
         if member is not None and self.mode is Mode.PLAIN:
             # nc users see a goodbye, then the connection closes without them pressing
             # Enter again.
-            self._after.append(f"* Goodbye, {member.name}!\r\n".encode())
+            self._after.append(self._encode(Info(f"Goodbye, {member.name}!")))
         self._close("quit", leave_reason="quit", detail=detail)
 
     def _close(self, reason: str, *, leave_reason: str, detail: str = "") -> None:
@@ -741,7 +739,7 @@ class ServerSession:
         if member is not None and member.present:
             self.hub.report_error(member, self.peer, error)
         else:
-            self._before.append(self._encode(Outbound(error)))
+            self._before.append(self._encode(error))
             self.hub.report_error(None, self.peer, error)
 
     def _send(self, frame: Frame) -> None:
@@ -749,10 +747,11 @@ class ServerSession:
         if member is not None:
             self.hub.send(member, frame)
         else:
-            self._before.append(self._encode(Outbound(frame)))
+            self._before.append(self._encode(frame))
 
-    def _encode(self, out: Outbound) -> bytes:
-        return out.json if self.mode is Mode.STRUCTURED else render_text(out.frame)
+    def _encode(self, frame: Frame) -> bytes:
+        out = Outbound(frame, self.hub.now())
+        return out.json if self.mode is Mode.STRUCTURED else out.text
 
     def _stats_text(self) -> str:
         minutes, seconds = divmod(int(self._now - self._started), 60)

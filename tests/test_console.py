@@ -159,7 +159,7 @@ def server_proc(procs: Callable[..., Proc]) -> tuple[Proc, int]:
 def client_proc(procs: Callable[..., Proc], name: str, port: int) -> Proc:
     """A pipe-mode client that has joined (its welcome line was printed)."""
     proc = procs("client", "--name", name, "--port", str(port))
-    proc.expect(rf"^\* Welcome, {re.escape(name)}!")
+    proc.expect(rf"^\[..:..:..\] -!- Welcome, {re.escape(name)}!")
     return proc
 
 
@@ -181,7 +181,7 @@ def test_three_clients_and_nc_chat(
     carol = client_proc(procs, "carol", port)
     dave = plain_client(("127.0.0.1", port), "dave")  # nc-style, beside them
     try:
-        alice.expect(r"^\* dave joined$")
+        alice.expect(r"^\[..:..:..\] -!- dave joined$")
 
         text = "Привет, мир! Ёжик 🦔 и 👩‍💻 🎉"
         alice.send(text)
@@ -225,9 +225,9 @@ def test_end_of_input_sends_pending_lines_and_quits(
     quick.close_stdin()
     assert quick.wait() == 0
     assert watcher.expect(r"<quick> ").endswith("one line then EOF")
-    watcher.expect(r"^\* quick left$")
+    watcher.expect(r"^\[..:..:..\] -!- quick left$")
     lines = [*quick.seen, *quick.rest_of_stdout()]
-    assert lines[0].startswith("* Welcome, quick!")
+    assert "] -!- Welcome, quick!" in lines[0]
     assert any(line.endswith("<quick> one line then EOF") for line in lines)
 
 
@@ -239,7 +239,7 @@ def test_bad_command_goes_to_stderr_and_the_session_goes_on(
     alice.send("/frobnicate")
     assert alice.expect_stderr(r"^! ").startswith("! unknown command /frobnicate")
     alice.send("/stats")
-    assert "frames_in=" in alice.expect(r"^\* stats: ")
+    assert "frames_in=" in alice.expect(r"^\[..:..:..\] -!- stats: ")
     alice.send("/quit")
     assert alice.wait() == 0
 
@@ -248,10 +248,10 @@ def test_ctrl_c_leaves_cleanly(procs: Callable[..., Proc], server_proc: tuple[Pr
     _, port = server_proc
     watcher = client_proc(procs, "watcher", port)
     alice = client_proc(procs, "alice", port)
-    watcher.expect(r"^\* alice joined$")
+    watcher.expect(r"^\[..:..:..\] -!- alice joined$")
     alice.popen.send_signal(signal.SIGINT)
     assert alice.wait() == 0
-    watcher.expect(r"^\* alice left$")  # it said goodbye rather than vanishing
+    watcher.expect(r"^\[..:..:..\] -!- alice left$")  # it said goodbye rather than vanishing
 
 
 def test_name_taken_exits_1_with_suggestion(
@@ -284,11 +284,11 @@ def test_server_sigterm_ends_clients_with_a_message(
     server, port = server_proc
     alice = client_proc(procs, "alice", port)
     bob = client_proc(procs, "bob", port)
-    alice.expect(r"^\* bob joined$")
+    alice.expect(r"^\[..:..:..\] -!- bob joined$")
     server.popen.send_signal(signal.SIGTERM)
     assert server.wait() == 0
     for proc in (alice, bob):
-        proc.expect(r"^\* server is shutting down")
+        proc.expect(r"^\[..:..:..\] -!- server is shutting down")
         assert proc.wait() != 0
         assert proc.expect_stderr(r"^netchat: ").startswith("netchat: the server shut down")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -319,3 +321,65 @@ def test_replay_window_follows_a_confirmed_jump() -> None:
     assert window.check(5002)
     assert window.check(5003)
     assert not window.check(5002)
+
+
+# --- bounded whatever numbers arrive (issue 6, item 1) ----------------------------------
+
+JUMPS = [2**32, 2**62, 2**64 - 4]  # the last: the largest an 8-byte header can carry
+
+
+def _peak_bytes(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("jump", JUMPS)
+def test_a_believed_jump_does_not_grow_the_replay_window(jump: int) -> None:
+    # A member jumping its numbers by 2**k made the relay build a 2**k-bit integer
+    # (512 MiB for 2**32) before masking it to the window.
+    window = dg.ReplayWindow()
+    assert window.check(1)
+
+    def jump_three_times() -> None:
+        for n in range(3):  # RESYNC_AFTER agreeing units: believed
+            window.check(jump + n)
+
+    assert _peak_bytes(jump_three_times) < 64 * 1024
+    assert window.highest == jump + 2
+    assert window._seen.bit_length() <= window.size
+    assert window.check(jump + 3) and not window.check(jump + 3)
+    assert not window.check(1)  # the old numbers are far behind the window now
+
+
+@pytest.mark.parametrize("jump", JUMPS)
+def test_trackers_and_reassemblers_stay_small_after_huge_jumps(jump: int) -> None:
+    tracker: dg.SequenceTracker[bytes] = dg.SequenceTracker()
+    reassembler = dg.Reassembler()
+
+    def feed() -> None:
+        tracker.accept(1, b"a\n", 0.0)
+        for n in range(10):
+            for item in tracker.accept(jump + n, b"piece", 0.0):
+                if isinstance(item, dg.Gap):
+                    reassembler.gap()
+                else:
+                    reassembler.feed(item, cont=n > 0, more=True)
+        tracker.advance_to(2 * jump, 0.1)
+        tracker.poll(10.0)
+
+    assert _peak_bytes(feed) < 64 * 1024
+    assert tracker.buffered <= tracker.max_buffered
+    assert tracker.lost == jump - 2
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(1, 600)), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_replay_window_memory_is_bounded_for_any_numbers(checks: list[tuple[int, int]]) -> None:
+    window = dg.ReplayWindow()
+    for first, count in checks:
+        window.check(first, count)
+        assert window._seen.bit_length() <= window.size

@@ -113,15 +113,15 @@ def test_logger_bot_writes_every_message(
             wait_for(alice, lambda f: isinstance(f, Message) and f.action)
         deadline = time.monotonic() + WAIT
         text = ""
-        while "* bob left" not in text:
+        while "-!- bob left" not in text:
             text = transcript.read_text(encoding="utf-8") if transcript.exists() else ""
             assert time.monotonic() < deadline, f"transcript so far: {text!r}"
             time.sleep(0.02)
     lines = text.splitlines()
-    assert lines[0].startswith("* Welcome, logger!")
+    assert "] -!- Welcome, logger!" in lines[0]
     assert any(line.endswith("<alice> first line") for line in lines), text
     assert any(line.endswith("<bob> второй 🙂") for line in lines)
-    assert any(line.endswith("* bob waves") for line in lines)
+    assert any(line.endswith("] * bob waves") for line in lines)
     bot.kill()
 
 

@@ -54,7 +54,7 @@ def test_server_serves_nc_users_and_exits_0_on_sigint() -> None:
         bob.send_line("здравствуй, alice")
         alice.expect(r"<bob> здравствуй, alice$")
         server.send_signal(signal.SIGINT)
-        alice.expect(r"^\* server is shutting down")
+        alice.expect(r"^\[..:..:..\] -!- server is shutting down")
         assert server.wait(timeout=WAIT) == 0
     finally:
         if server.poll() is None:

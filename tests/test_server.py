@@ -6,6 +6,7 @@ Regression tests for issue 10's server defects; each failed before its fix.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import signal
 import socket
@@ -29,6 +30,11 @@ from tests.conftest import ServerFactory
 from tests.wire import WAIT, LineClient, plain_client
 
 TIMESTAMP = r"\[\d\d:\d\d:\d\d\] "
+
+
+def untimed(lines: list[str]) -> list[str]:
+    """The lines without their time prefix (every server line has one)."""
+    return [re.sub(f"^{TIMESTAMP}", "", line) for line in lines]
 
 
 def read_until_closed(client: LineClient, timeout: float = WAIT) -> list[str]:
@@ -68,14 +74,14 @@ def test_sigterm_gives_one_notice_after_everything_owed() -> None:
         talker.send(b"".join(f"message {n}\n".encode() for n in range(count)))
         talker.expect(f"<talker> message {count - 1}$")  # the server has taken them all
         proc.send_signal(signal.SIGTERM)
-        lines = read_until_closed(listener)
+        lines = untimed(read_until_closed(listener))
         assert proc.wait(WAIT) == 0
     finally:
         proc.kill()
     said = [line for line in lines if "<talker>" in line]
     assert [line.split("> ", 1)[1] for line in said] == [f"message {n}" for n in range(count)]
     # The transcript ends with exactly one notice, after every message owed.
-    assert lines[-1] == "* server is shutting down: server stopped by its operator"
+    assert lines[-1] == "-!- server is shutting down: server stopped by its operator"
     assert sum("shutting down" in line for line in lines) == 1
     assert lines.index(said[-1]) < len(lines) - 1
 
@@ -86,8 +92,10 @@ def test_shutdown_transcripts_for_members_and_strangers(make_server: ServerFacto
     stranger = LineClient(server.address)
     stranger.expect("Type your name")
     server.shutdown("maintenance")
-    assert read_until_closed(member) == ["* server is shutting down: maintenance"]
-    assert read_until_closed(stranger) == ["* server is shutting down: server shutting down"]
+    assert untimed(read_until_closed(member)) == ["-!- server is shutting down: maintenance"]
+    assert untimed(read_until_closed(stranger)) == [
+        "-!- server is shutting down: server shutting down"
+    ]
 
 
 # --- limits of the machine ------------------------------------------------------------------
@@ -110,7 +118,9 @@ def test_a_connection_that_cannot_get_a_thread_is_refused_and_the_server_goes_on
 
     monkeypatch.setattr(threading.Thread, "start", start)
     unlucky = LineClient(server.address)
-    assert read_until_closed(unlucky) == ["! the server is out of resources; try again later"]
+    assert untimed(read_until_closed(unlucky)) == [
+        "! the server is out of resources; try again later"
+    ]
     lucky = plain_client(server.address, "lucky")
     lucky.send_line("still serving")
     first.expect(rf"^{TIMESTAMP}<lucky> still serving$")
@@ -141,7 +151,7 @@ def test_at_the_open_files_limit_one_connection_is_refused_with_a_reason() -> No
         refused = None
         for _ in range(12):  # far more than the limit leaves room for
             client = LineClient(address, timeout=3)
-            lines = read_until_closed(client, timeout=0.5)
+            lines = untimed(read_until_closed(client, timeout=0.5))
             if lines and lines[0].startswith("! "):
                 refused = lines[0]
                 break

@@ -34,6 +34,7 @@ from netchat.protocol.frames import (
     decode_frame,
     encode_frame,
 )
+from netchat.protocol.render import clock
 from netchat.session import (
     PHASE_MOVES,
     Mode,
@@ -55,8 +56,16 @@ def make_hub() -> Hub:
     return Hub(clock=lambda: TS, monotonic=itertools.count(0, 5).__next__)
 
 
+STAMP = f"[{clock(TS)}] "  # every line a plain client reads starts with the time
+
+
 def text(frame: Frame) -> bytes:
-    return Outbound(frame).text
+    return Outbound(frame, TS).text
+
+
+def line(text: str) -> bytes:
+    """A server line as a plain client reads it: the time, then ``text``."""
+    return f"{STAMP}{text}\r\n".encode()
 
 
 def json(frame: Frame) -> bytes:
@@ -127,7 +136,7 @@ def test_a_plain_conversation_exact_transcript(chunking: str) -> None:
             text(Welcome("alice", ("watcher", "alice"), "netchat")),
             text(Message("alice", "привет, мир", TS, 3)),
             text(Message("alice", "waves", TS, 4, action=True)),
-            b"* Goodbye, alice!\r\n",
+            line("-!- Goodbye, alice!"),
         ]
     )
     assert other.frames() == [
@@ -155,9 +164,9 @@ def test_any_chunking_gives_the_same_transcript(chunks: list[int]) -> None:
             BANNER,
             text(Welcome("bob", ("watcher", "bob"), "netchat")),
             text(Message("bob", "hi 👋", TS, 3)),
-            b"* Online (2): watcher, bob\r\n",
+            line("-!- Online (2): watcher, bob"),
             text(Message("bob", "/not a command", TS, 4)),
-            b"! line dropped: not valid UTF-8 (set your terminal to UTF-8)\r\n",
+            line("! line dropped: not valid UTF-8 (set your terminal to UTF-8)"),
         ]
     )
     assert [type(f) for f in other.frames()] == [Joined, Message, Message]
@@ -173,8 +182,8 @@ def test_a_taken_name_is_asked_again_and_a_bad_one_explained() -> None:
     nc.feed(b"carol\n")
     assert nc.out().decode().splitlines() == [
         BANNER.decode().rstrip(),
-        "! the name 'WATCHER' is taken; try 'WATCHER2'. Type another name:",
-        "! a name may contain only letters, digits, '_', '-' and '.'; try 'two_words2'."
+        f"{STAMP}! the name 'WATCHER' is taken; try 'WATCHER2'. Type another name:",
+        f"{STAMP}! a name may contain only letters, digits, '_', '-' and '.'; try 'two_words'."
         " Type another name:",
         *text(Welcome("carol", ("watcher", "carol"), "netchat")).decode().splitlines(),
     ]
@@ -202,7 +211,7 @@ def test_a_lab_client_with_a_taken_name_is_told_which_name() -> None:
     lab = Pair(hub)
     lab.feed(b"watcher: hi\n")
     assert lab.out() == BANNER + (
-        b"! the name 'watcher' is taken; try 'watcher2'. Type another name:\r\n"
+        line("! the name 'watcher' is taken; try 'watcher2'. Type another name:")
     )
     assert lab.session.phase is Phase.REGISTERING
 
@@ -247,13 +256,13 @@ def test_registration_timeouts_tell_the_truth() -> None:
     policy = SessionPolicy(rate_limit=0, registration_timeout=5.0, line_gap=10.0)
     silent = Pair(policy=policy)
     silent.tick(5.0)
-    assert silent.out() == BANNER + b"! no name received in time; goodbye\r\n"
+    assert silent.out() == BANNER + line("! no name received in time; goodbye")
     assert silent.session.phase is Phase.CLOSING
     dripping = Pair(policy=policy)
     for _ in range(12):
         dripping.feed(b"a")
         dripping.tick(0.5)
-    assert dripping.out() == BANNER + b"! received 10 bytes but no end of line; goodbye\r\n"
+    assert dripping.out() == BANNER + line("! received 10 bytes but no end of line; goodbye")
     assert (
         dripping.session.close_reason
         == "registration timeout: received 10 bytes but no end of line"
@@ -263,7 +272,7 @@ def test_registration_timeouts_tell_the_truth() -> None:
 def test_plain_quit_says_goodbye_and_closes() -> None:
     nc = Pair()
     nc.feed(b"dave\n/quit\n")
-    assert nc.out().endswith(b"* Goodbye, dave!\r\n")
+    assert nc.out().endswith(line("-!- Goodbye, dave!"))
     assert nc.session.phase is Phase.CLOSING
     assert nc.events[-1] == WantsClose("quit")
 
@@ -277,7 +286,7 @@ def test_plain_stats_are_words_a_person_understands() -> None:
     assert (
         nc.out()
         == (
-            "* stats: connected 1m05s, you sent 1 message; 18 bytes received from you,"
+            f"{STAMP}-!- stats: connected 1m05s, you sent 1 message; 18 bytes received from you,"
             f" {sent} bytes sent to you\r\n"
         ).encode()
     )
@@ -419,13 +428,12 @@ def test_repeated_identical_errors_are_summarised() -> None:
     client.out()
     client.feed(b"/nope\n" * 50 + b"/other\n")
     assert client.out() == (
-        b"! unknown command /nope; type /help for the list\r\n"
-        b"! unknown command /other; type /help for the list\r\n"
+        line("! unknown command /nope; type /help for the list")
+        + line("! unknown command /other; type /help for the list")
     )
     client.tick(10.0)
-    assert (
-        client.out()
-        == b"! unknown command /nope; type /help for the list (repeated 49 more times)\r\n"
+    assert client.out() == line(
+        "! unknown command /nope; type /help for the list (repeated 49 more times)"
     )
 
 
@@ -453,7 +461,7 @@ def test_server_full_at_join_time() -> None:
     )
     first.receive_data(b"one\n", 0)
     second.receive_data(b"two\n", 0)
-    assert second.data_to_send() == BANNER + b"! server full (at most 1 user); try again later\r\n"
+    assert second.data_to_send() == BANNER + line("! server full (at most 1 user); try again later")
     assert second.phase is Phase.CLOSING
     assert hub.names() == ("one",)
 
@@ -475,7 +483,7 @@ def test_shutdown_is_one_notice_after_everything_owed() -> None:
     lines = listener.out().decode().splitlines()
     assert lines[-101:] == [
         *[text(Message("watcher", f"m{n}", TS, n + 3)).decode().rstrip() for n in range(100)],
-        "* server is shutting down: maintenance",
+        f"{STAMP}-!- server is shutting down: maintenance",
     ]
     assert sum("shutting down" in line for line in lines) == 1
     assert newcomer.out() == BANNER + text(Shutdown("server shutting down"))

@@ -33,8 +33,8 @@ def test_plain_and_structured_clients_share_one_chat(make_server: ServerFactory)
     alice = plain_client(address, "alice")
     bob = frame_client(address, "bob")
     carol = plain_client(address, "Карина")
-    alice.expect(r"^\* bob joined$")
-    alice.expect(r"^\* Карина joined$")
+    alice.expect(r"^\[..:..:..\] -!- bob joined$")
+    alice.expect(r"^\[..:..:..\] -!- Карина joined$")
 
     carol.send_line("привет всем 👋🏽 — 你好")
     for plain in (alice, carol):
@@ -120,7 +120,7 @@ def test_private_messages_reach_only_their_target(make_server: ServerFactory) ->
     seen_by_eve += eve.collect(0.3)
     assert not any("swordfish" in line for line in eve.lines + seen_by_eve)
     alice.send_line("/msg nobody hello")
-    alice.expect(r"^! no user named 'nobody'")
+    alice.expect(r"^\[..:..:..\] ! no user named 'nobody'")
 
 
 def test_taken_and_invalid_names_get_an_error_and_a_suggestion(make_server: ServerFactory) -> None:
@@ -129,9 +129,9 @@ def test_taken_and_invalid_names_get_an_error_and_a_suggestion(make_server: Serv
     second = LineClient(address)
     second.expect("Type your name")
     second.send_line("ALICE")  # names are unique regardless of case
-    second.expect(r"^! the name 'ALICE' is taken; try 'ALICE2'")
+    second.expect(r"^\[..:..:..\] ! the name 'ALICE' is taken; try 'ALICE2'")
     second.send_line("bad name!")
-    second.expect(r"^! a name may contain only")
+    second.expect(r"^\[..:..:..\] ! a name may contain only")
     second.send_line("alice2")
     second.expect(r"Welcome, alice2!")
 
@@ -148,21 +148,21 @@ def test_commands_from_a_plain_client(make_server: ServerFactory) -> None:
     alice = plain_client(address, "alice")
     bob = plain_client(address, "bob")
     alice.send_line("/who")
-    alice.expect(r"^\* Online \(2\): alice, bob$")
+    alice.expect(r"^\[..:..:..\] -!- Online \(2\): alice, bob$")
     alice.send_line("/me waves")
     bob.expect(r"^\[\d\d:\d\d:\d\d\] \* alice waves$")
     alice.send_line("/nick alicia")
-    bob.expect(r"^\* alice is now known as alicia$")
+    bob.expect(r"^\[..:..:..\] -!- alice is now known as alicia$")
     bob.send_line("/nick alicia")
-    bob.expect(r"^! the name 'alicia' is taken")
+    bob.expect(r"^\[..:..:..\] ! the name 'alicia' is taken")
     bob.send_line("//slash at the start")
     alice.expect(r"<bob> /slash at the start$")
     bob.send_line("/frobnicate")
-    bob.expect(r"^! unknown command /frobnicate")
+    bob.expect(r"^\[..:..:..\] ! unknown command /frobnicate")
     bob.send_line("/help")
     bob.expect(r"/msg NAME TEXT")
     bob.send_line("/quit see you")
-    alice.expect(r"^\* bob left: see you$")
+    alice.expect(r"^\[..:..:..\] -!- bob left: see you$")
     assert bob.wait_closed()
 
 
@@ -172,9 +172,9 @@ def test_disconnects_are_announced(make_server: ServerFactory) -> None:
     bob = plain_client(address, "bob")
     carol = frame_client(address, "carol")
     bob.close()
-    alice.expect(r"^\* bob left$")
+    alice.expect(r"^\[..:..:..\] -!- bob left$")
     carol.reset()
-    alice.expect(r"^\* carol left \(connection lost\)$")
+    alice.expect(r"^\[..:..:..\] -!- carol left \(connection lost\)$")
     alice.send_line("still here")
     alice.expect("<alice> still here")
 
@@ -185,9 +185,9 @@ def test_bad_input_gets_an_error_and_the_connection_survives(make_server: Server
     structured = frame_client(address, "structured")
 
     plain.send(b"caf\xe9 in latin-1\n")
-    plain.expect(r"^! line dropped: not valid UTF-8")
+    plain.expect(r"^\[..:..:..\] ! line dropped: not valid UTF-8")
     plain.send(b"x" * 70_000 + b"\n")
-    plain.expect(r"^! line dropped: longer than 65536 bytes")
+    plain.expect(r"^\[..:..:..\] ! line dropped: longer than 65536 bytes")
 
     for bad in (
         b"{not json",
@@ -217,7 +217,7 @@ def test_a_line_that_never_ends_does_not_grow_memory(make_server: ServerFactory)
     watcher = plain_client(address, "watcher")
     for _ in range(40):  # 40 x 64 KiB = 2.5 MiB with no newline
         dripper.send(b"z" * 65536)
-    dripper.expect(r"^! line dropped: longer than")
+    dripper.expect(r"^\[..:..:..\] ! line dropped: longer than")
     dripper.send(b"\nnormal again\n")
     watcher.expect(r"<dripper> normal again$")
 
@@ -292,13 +292,15 @@ def test_max_clients_and_per_address_caps_refuse_with_a_reason(make_server: Serv
     full = make_server(max_clients=2).address
     members = [plain_client(full, "one"), plain_client(full, "two")]
     third = LineClient(full)
-    third.expect(r"^! server full \(at most 2 users\)")
+    third.expect(r"^\[..:..:..\] ! server full \(at most 2 users\)")
     assert third.wait_closed()
 
     capped = make_server(max_per_address=1).address
     members.append(plain_client(capped, "first"))
     second = LineClient(capped)
-    second.expect(r"^! too many connections from 127\.0\.0\.1 \(at most 1 connection\)")
+    second.expect(
+        r"^\[..:..:..\] ! too many connections from 127\.0\.0\.1 \(at most 1 connection\)"
+    )
     assert second.wait_closed()
     assert all(not member.wait_closed(0.1) for member in members)  # members stay
 
@@ -308,7 +310,7 @@ def test_a_connection_that_never_registers_is_dropped(make_server: ServerFactory
     # cannot happen between the drips below, so they never make a line.
     address = make_server(registration_timeout=0.5, line_gap=2.0).address
     silent = LineClient(address)
-    silent.expect(r"^! no name received in time; goodbye$")
+    silent.expect(r"^\[..:..:..\] ! no name received in time; goodbye$")
     assert silent.wait_closed()
     dripping = LineClient(address)
     for _ in range(10):  # one byte every 0.1 s does not extend the deadline
@@ -318,7 +320,7 @@ def test_a_connection_that_never_registers_is_dropped(make_server: ServerFactory
             break
         time.sleep(0.1)
     # The timeout tells the truth: bytes came, but never an end of line.
-    dripping.expect(r"^! received [1-9] bytes? but no end of line; goodbye$")
+    dripping.expect(r"^\[..:..:..\] ! received [1-9] bytes? but no end of line; goodbye$")
 
 
 def test_silent_structured_clients_are_pinged_then_dropped(make_server: ServerFactory) -> None:
@@ -327,7 +329,7 @@ def test_silent_structured_clients_are_pinged_then_dropped(make_server: ServerFa
     silent = frame_client(address, "silent")
     ping = silent.next_frame(Ping)
     assert isinstance(ping, Ping)
-    watcher.expect(r"^\* silent timed out$")
+    watcher.expect(r"^\[..:..:..\] -!- silent timed out$")
     # the plain watcher, silent just as long, is not dropped: nc cannot answer pings
     watcher.send_line("still here")
     watcher.expect("<watcher> still here")
@@ -360,9 +362,9 @@ def test_event_log_records_every_event(make_server: ServerFactory, tmp_path: Pat
     alice.send_line("/msg bob psst")
     bob.expect("psst")
     bob.send_line("/bogus")
-    bob.expect("^! unknown command")
+    bob.expect(r"^\[..:..:..\] ! unknown command")
     alice.close()
-    bob.expect(r"^\* alice left$")
+    bob.expect(r"^\[..:..:..\] -!- alice left$")
     server.shutdown()
     events = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
     kinds = [e["event"] for e in events]
@@ -378,7 +380,7 @@ def test_shutdown_tells_everyone_and_closes(make_server: ServerFactory) -> None:
     waiting.expect("Type your name")
     threads_before = threading.active_count()
     server.shutdown("maintenance")
-    plain.expect(r"^\* server is shutting down: maintenance$")
+    plain.expect(r"^\[..:..:..\] -!- server is shutting down: maintenance$")
     frame = structured.next_frame(Shutdown)
     assert isinstance(frame, Shutdown) and frame.reason == "maintenance"
     for client in (plain, structured, waiting):
@@ -420,33 +422,34 @@ def test_plain_quit_says_goodbye_and_closes_at_once(make_server: ServerFactory) 
     address = make_server().address
     watcher = plain_client(address, "watcher")
     nc = plain_client(address, "nc")
-    watcher.expect(r"^\* nc joined$")
+    watcher.expect(r"^\[..:..:..\] -!- nc joined$")
     nc.send_line("/quit off to lunch")
     start = time.monotonic()
-    assert nc.collect(WAIT / 2) == ["* Goodbye, nc!"]  # collect() returns at the close
+    lines = nc.collect(WAIT / 2)  # returns when the server closes
+    assert [line[11:] for line in lines] == ["-!- Goodbye, nc!"]
     assert time.monotonic() - start < WAIT / 2
-    assert watcher.collect(0.5) == ["* nc left: off to lunch"]
+    assert [line[11:] for line in watcher.collect(0.5)] == ["-!- nc left: off to lunch"]
 
 
 def test_a_whole_plain_session_exact_transcript(make_server: ServerFactory) -> None:
     address = make_server(motd="be kind").address
     bob = plain_client(address, "bob")
-    bob.expect(r"^\* be kind$")
+    bob.expect(r"^\[..:..:..\] -!- be kind$")
     alice = LineClient(address)
     alice.send(b"alice\r\nhi bob\r\n/msg bob psst\r\n/me waves\r\n/nick alicia\r\n/who\r\n")
     alice.send(b"/frob\r\n/quit\r\n")
     stamp = r"\[\d\d:\d\d:\d\d\] "
     expected = [
         r"netchat/1 ready: welcome to netchat! Type your name and press Enter:",
-        r"\* Welcome, alice! Online \(2\): bob, alice\. Type /help for commands\.",
-        r"\* be kind",
+        stamp + r"-!- Welcome, alice! Online \(2\): bob, alice\. Type /help for commands\.",
+        stamp + r"-!- be kind",
         stamp + r"<alice> hi bob",
         stamp + r"<alice -> bob> psst",
         stamp + r"\* alice waves",
-        r"\* alice is now known as alicia",
-        r"\* Online \(2\): bob, alicia",
-        r"! unknown command /frob; type /help for the list",
-        r"\* Goodbye, alicia!",
+        stamp + r"-!- alice is now known as alicia",
+        stamp + r"-!- Online \(2\): bob, alicia",
+        stamp + r"! unknown command /frob; type /help for the list",
+        stamp + r"-!- Goodbye, alicia!",
     ]
     lines = alice.collect(WAIT / 2)
     assert len(lines) == len(expected), lines
@@ -454,10 +457,10 @@ def test_a_whole_plain_session_exact_transcript(make_server: ServerFactory) -> N
         assert re.fullmatch(pattern, line), (line, pattern)
     bob_lines = bob.collect(0.5)
     assert [re.sub(stamp, "", line) for line in bob_lines] == [
-        "* alice joined",
+        "-!- alice joined",
         "<alice> hi bob",
         "<alice -> bob> psst",
         "* alice waves",
-        "* alice is now known as alicia",
-        "* alicia left",
+        "-!- alice is now known as alicia",
+        "-!- alicia left",
     ]

@@ -121,14 +121,14 @@ def test_three_clients_chat_and_whisper(make_relay: Callable[..., UdpRelayServer
         assert isinstance(message, Message) and message.sender == "alice"
     alice.transport.send(dg_private("bob", "just for you"))
     private = bob.expect(lambda f: isinstance(f, PrivateMessage))
-    assert render_lines(private)[0].endswith("<alice -> bob> just for you")
+    assert render_lines(private, 0.0)[0].endswith("<alice -> bob> just for you")
     alice.expect(lambda f: isinstance(f, PrivateMessage))  # the sender's echo
     bob.say("marker")
     carol.message("marker")
     assert not any(isinstance(f, PrivateMessage) for f in carol.seen)
     carol.transport.send(dg_quit())
     left = alice.expect(lambda f: isinstance(f, Left))
-    assert render_lines(left) == ["* carol left"]
+    assert render_lines(left, 0.0)[0].endswith("] -!- carol left")
     for member in (alice, bob, carol):
         assert member.transport.stats()["lost"] == 0
         member.close()
@@ -169,7 +169,7 @@ def test_a_silent_peer_times_out(make_relay: Callable[..., UdpRelayServer]) -> N
     ghost, _ = raw_join(relay.address, "ghost")  # joins, then never sends a heartbeat
     try:
         left = alice.expect(lambda f: isinstance(f, Left) and f.name == "ghost")
-        assert render_lines(left) == ["* ghost timed out"]
+        assert render_lines(left, 0.0)[0].endswith("] -!- ghost timed out")
         # The ghost is told, if it is still listening.
         end = time.monotonic() + DEADLINE
         while time.monotonic() < end:
@@ -274,7 +274,7 @@ def test_rate_limit_drops_and_tells_the_sender(make_relay: Callable[..., UdpRela
     for n in range(20):
         alice.say(f"flood {n}")
     error = alice.expect(lambda f: isinstance(f, Error) and f.code == "rate-limited")
-    assert "too fast" in render_lines(error)[0]
+    assert "too fast" in render_lines(error, 0.0)[0]
     bob.message("flood 1")  # the hello took a token of the burst of 3
     # The error answers the first excess datagram; the rest may still be in flight.
     deadline = time.monotonic() + 10
@@ -387,11 +387,11 @@ def test_client_reports_loss_drops_duplicates_and_reorders() -> None:
             frame = client.receive(timeout=0.1)
             if frame is not None:
                 frames.append(frame)
-        texts = [render_lines(f)[0].split("] ")[-1] for f in frames]
+        texts = [render_lines(f, 0.0)[0].split("] ", 1)[-1] for f in frames]
         assert texts[1:] == [
             "<srv> m2",
             "<srv> m3",
-            "* 2 messages lost",
+            "-!- 2 messages lost",
             "<srv> m6",
             "<srv> m7",
             "<srv> m8",

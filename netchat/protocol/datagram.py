@@ -700,14 +700,16 @@ class ReplayWindow:
     A sliding window of ``size`` numbers, as IPsec's anti-replay check: a number
     seen before, or older than the window, is rejected; so is one implausibly far
     ahead (``max_jump``), unless :data:`RESYNC_AFTER` in a row agree (the client
-    really moved on while its datagrams were being dropped).
+    really moved on while its datagrams were being dropped). Its memory is
+    ``size`` bits and a few integers, whatever numbers arrive.
     """
 
     def __init__(self, size: int = 256, max_jump: int = 4096) -> None:
         self.size = size
         self.max_jump = max_jump
         self.highest = 0
-        self._seen = 0  # bit i set: highest - i was seen
+        self._seen = 0  # bit i set: highest - i was seen; never more than `size` bits
+        self._mask = (1 << size) - 1
         self._far_run = 0
         self._far_last: int | None = None
         self.duplicates = 0
@@ -736,7 +738,10 @@ class ReplayWindow:
                 return False
         for seq in range(first, last + 1):
             if seq > self.highest:
-                self._seen = (self._seen << (seq - self.highest)) & ((1 << self.size) - 1)
+                # Shift by at most the window: a jump by 2**k must not build a 2**k-bit
+                # integer first (a believed jump of 2**32 once cost 512 MiB).
+                shift = seq - self.highest
+                self._seen = (self._seen << shift) & self._mask if shift < self.size else 0
                 self.highest = seq
             self._seen |= 1 << (self.highest - seq)
         return True

@@ -45,6 +45,8 @@ from collections.abc import Iterable
 from ..admission import Admission
 from ..errors import Rejected
 from ..hub import Hub
+from ..protocol.frames import Error
+from ..protocol.render import render_text
 from ..session import Phase, ServerSession, SessionPolicy
 from .base import ServerConfig
 
@@ -585,7 +587,7 @@ def _refuse(sock: socket.socket, reason: str) -> None:
     """Tell a connection we will not serve it why, in one readable line, and close."""
     try:
         sock.settimeout(1.0)
-        sock.sendall(f"! {reason}\r\n".encode())
+        sock.sendall(render_text(Error("refused", reason), time.time()))
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
