@@ -54,6 +54,10 @@ class ConnectError(TransportError):
     """The server could not be reached."""
 
 
+class ForeignServer(ConnectError):
+    """The server answered, but not in netchat (a lab server: try plain-line mode)."""
+
+
 class ConnectionClosed(TransportError):
     """The other side went away."""
 
@@ -72,3 +76,7 @@ class Rejected(NetchatError):
         super().__init__(message)
         self.code = code
         self.suggestion = suggestion
+
+
+class UnknownInterface(NetchatError):
+    """A network interface name or address that this machine does not have."""
