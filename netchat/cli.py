@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperGroup
 
 from . import __version__
 from .plain_client import plural
@@ -35,22 +35,29 @@ DEFAULT_GROUP = "239.255.80.80"
 DEFAULT_PEER_PORT = 8081
 
 
-class _NoHelpPlaceholder:
-    """typer shows ``<bool>`` after ``--help``, which reads as if it took a value."""
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)  # type: ignore[misc]
-        if option is not None:
-            option.metavar = ""
-        return option
+def _hide_flag_placeholders(params: list[Any]) -> None:
+    """Flags take no value, so their help shows none: typer would show ``<bool>``, and
+    ``--reconnect <bool>`` reads as if it wanted ``--reconnect true``."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
-class _Command(_NoHelpPlaceholder, TyperCommand):
-    pass
+class _Group(TyperGroup):
+    """The ``netchat`` group: its flags and those of every command, whoever adds the
+    command, are shown without a value placeholder."""
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            # get_params includes the help option, which the command makes once and keeps.
+            _hide_flag_placeholders(command.get_params(ctx))
+        return command
 
-class _Group(_NoHelpPlaceholder, TyperGroup):
-    pass
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)
+        _hide_flag_placeholders(params)
+        return params
 
 
 app = typer.Typer(
@@ -162,13 +169,11 @@ NameOption = Annotated[
     str | None, typer.Option("--name", metavar="NAME", help="Your name in the chat.")
 ]
 NoColorOption = Annotated[
-    bool, typer.Option("--no-color", metavar="", help="No colour (also when NO_COLOR is set).")
+    bool, typer.Option("--no-color", help="No colour (also when NO_COLOR is set).")
 ]
 PipeOption = Annotated[
     bool,
-    typer.Option(
-        "--pipe", metavar="", help="One line per event, even on a terminal (as when piped)."
-    ),
+    typer.Option("--pipe", help="One line per event, even on a terminal (as when piped)."),
 ]
 
 
@@ -203,7 +208,6 @@ def main_options(
         bool,
         typer.Option(
             "--version",
-            metavar="",
             help="Show the version and exit.",
             callback=_version,
             is_eager=True,
@@ -276,7 +280,7 @@ def join_instructions(proto: Proto, host: str, port: int, addresses: list[str]) 
     return lines
 
 
-@app.command(cls=_Command)
+@app.command()
 def server(
     ctx: typer.Context,
     host: Annotated[
@@ -402,7 +406,7 @@ def server(
 # --- client and peer ---------------------------------------------------------------------
 
 
-@app.command(cls=_Command)
+@app.command()
 def client(
     ctx: typer.Context,
     name: NameOption = None,
@@ -414,15 +418,12 @@ def client(
     proto: ProtoOption = None,
     reconnect: Annotated[
         bool,
-        typer.Option(
-            "--reconnect", metavar="", help="Rejoin automatically if the connection drops."
-        ),
+        typer.Option("--reconnect", help="Rejoin automatically if the connection drops."),
     ] = False,
     plain: Annotated[
         bool,
         typer.Option(
             "--plain",
-            metavar="",
             help=(
                 "Plain-line mode, for a lab server that does not speak netchat: send"
                 " 'NAME: text' lines (UDP: datagrams), show what arrives. Chosen"
@@ -454,7 +455,7 @@ def client(
     raise typer.Exit(code)
 
 
-@app.command(cls=_Command)
+@app.command()
 def peer(
     ctx: typer.Context,
     name: NameOption = None,
@@ -486,7 +487,7 @@ def peer(
     ] = None,
     broadcast: Annotated[
         bool,
-        typer.Option("--broadcast", metavar="", help="Use LAN broadcast instead of multicast."),
+        typer.Option("--broadcast", help="Use LAN broadcast instead of multicast."),
     ] = False,
     ttl: Annotated[
         int,

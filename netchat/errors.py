@@ -46,6 +46,10 @@ class CommandError(NetchatError):
     """A ``/command`` line that cannot be parsed (unknown command, missing argument)."""
 
 
+class UnknownInterface(NetchatError):
+    """A network interface name or address that this machine does not have."""
+
+
 class TransportError(NetchatError):
     """A network operation failed."""
 
@@ -76,7 +80,3 @@ class Rejected(NetchatError):
         super().__init__(message)
         self.code = code
         self.suggestion = suggestion
-
-
-class UnknownInterface(NetchatError):
-    """A network interface name or address that this machine does not have."""
