@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from netchat import Client, ConnectionClosed, Message, NetchatError
+from netchat import Client, ConnectionClosed, Message, NetchatError, Proto
 from netchat.console import mentions, start_failure_message
 
 
@@ -39,7 +39,8 @@ def main() -> int:
     try:
         client = Client.connect(args.name, args.host, args.port)
     except NetchatError as exc:
-        print(f"echo_bot: {start_failure_message(exc)}", file=sys.stderr)
+        where = (Proto.tcp, args.host, args.port)
+        print(f"echo_bot: {start_failure_message(exc, where)}", file=sys.stderr)
         return 1
     with client:
         print(f"echo_bot: joined as {client.name}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import TextIO
 
-from netchat import Client, ConnectionClosed, NetchatError
+from netchat import Client, ConnectionClosed, NetchatError, Proto
 from netchat.console import start_failure_message
 from netchat.protocol import render_lines
 
@@ -41,7 +41,8 @@ def main() -> int:
         try:
             client = Client.connect(args.name, args.host, args.port)
         except NetchatError as exc:
-            print(f"logger_bot: {start_failure_message(exc)}", file=sys.stderr)
+            where = (Proto.tcp, args.host, args.port)
+            print(f"logger_bot: {start_failure_message(exc, where)}", file=sys.stderr)
             return 1
         with client:
             print(f"logger_bot: joined as {client.name}", file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .client import Client, make_client_transport
+from .client import Client
 from .errors import (
     CommandError,
     ConnectError,
@@ -48,7 +48,6 @@ __all__ = [
     "ChatEndpoint",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
-    "make_client_transport",
     "NetchatError",
     "ProtocolError",
     "RemoteProtocolError",

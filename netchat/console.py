@@ -2,19 +2,29 @@
 
 Two modes, chosen by :func:`run_console`:
 
-* **Pipe mode** (stdin or stdout is not a terminal, or ``--plain``). Every line read
+* **Pipe mode** (stdin or stdout is not a terminal, or ``--pipe``). Every line read
   from stdin is sent as typed; every received event is printed to stdout as the lines
   of :func:`~netchat.protocol.render.render_lines`, flushed at once, so scripts and
   tests can read the chat line by line. Stdout carries only chat events (``/stats``
-  answers included); local errors such as a malformed ``/command`` go to stderr as
-  ``! message``. End of input sends ``/quit`` and exits once the server confirms by
-  closing, or after :data:`QUIT_WAIT` seconds.
+  answers and "message not sent" refusals included); local errors such as a
+  malformed ``/command`` go to stderr as ``! message``. A line longer than the
+  protocol allows is never assembled in memory: it is refused once and skipped.
+  End of input sends ``/quit``; the server handles our lines in order and closes
+  after that ``/quit``, so the echoes of everything we sent arrive before the end.
+  The console waits for them as long as they keep coming: it gives up only when
+  neither an echo of ours nor an error has arrived for :data:`QUIT_WAIT` seconds.
 
 * **Interactive mode** (a terminal). A prompt_toolkit prompt with in-memory history;
   incoming events are printed above the input line, which stays intact while typing.
   Lines carry timestamps, each name has a stable colour, and a message mentioning us
   is highlighted and rings the bell. ``NO_COLOR`` (any non-empty value) or
   ``--no-color`` disables colour. ``/quit``, Ctrl-D and Ctrl-C leave.
+
+A name the server refuses (taken or invalid) is asked for again on a terminal, with
+the reason and the server's suggestion as the default answer; pipe mode cannot ask.
+
+Lines from a server that does not speak netchat (plain-line mode,
+:class:`~netchat.plain_client.PlainLine`) are shown as they came, after the time.
 
 Exit codes: 0 after ``/quit``, Ctrl-D, Ctrl-C or end of input; 1, with one line on
 stderr, when the endpoint cannot start (refused, name taken, …) or the server goes
@@ -34,24 +44,37 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
-from .errors import CommandError, ConnectError, NetchatError, TransportError
+from .client import TOO_LONG, Client
+from .errors import CommandError, FrameTooLarge, NetchatError, Rejected, TransportError
+from .hints import failure_message
+from .plain_client import PlainLine
 from .protocol.commands import split_command
-from .protocol.frames import Frame, Message, PrivateMessage
+from .protocol.frames import Error, Frame, Message, PrivateMessage
+from .protocol.limits import MAX_FRAME_BYTES
 from .protocol.render import ERROR, clock, render_lines
-from .protocol.text import name_key, sanitize_text
-from .transport.base import ChatEndpoint
+from .protocol.stream import LineReader
+from .protocol.text import name_key, name_problem, sanitize_text
+from .transport.base import ChatEndpoint, Proto
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.formatted_text import StyleAndTextTuples
 
-#: Seconds to wait for the server to confirm a /quit before leaving anyway.
+#: After end of input or /quit: seconds without an echo of ours (or an error) after
+#: which we stop waiting for the server to confirm by closing.
 QUIT_WAIT = 3.0
 
+#: Refusal codes after which an interactive console asks for another name.
+NAME_REFUSALS = frozenset({"name-taken", "bad-name"})
+
 _READ_BYTES = 65536
+_STAMPED = re.compile(r"\[\d\d:\d\d:\d\d\] ")
+
+#: Makes the same kind of endpoint under another name (to ask again after a refusal).
+Renamer = Callable[[str], ChatEndpoint]
 
 
 def color_allowed(no_color_flag: bool, environ: dict[str, str] | None = None) -> bool:
@@ -60,19 +83,37 @@ def color_allowed(no_color_flag: bool, environ: dict[str, str] | None = None) ->
     return not no_color_flag and not env.get("NO_COLOR")
 
 
-def start_failure_message(exc: NetchatError) -> str:
-    """The one line shown (after ``netchat:``) when an endpoint cannot start."""
-    text = sanitize_text(str(exc))
-    if isinstance(exc, ConnectError) and isinstance(exc.__cause__, ConnectionRefusedError):
-        return f"{text} — is the server running? start one with: netchat server"
-    return text
+def start_failure_message(exc: NetchatError, target: tuple[Proto, str, int] | None = None) -> str:
+    """The one line shown (after ``netchat:``) when an endpoint cannot start.
+
+    Args:
+        exc: what ``start`` raised.
+        target: a client's (proto, host, port): the hint then names the exact
+            command that starts the server it looked for.
+    """
+    return failure_message(exc, target)
+
+
+def plain_line_text(line: PlainLine) -> str:
+    """A line from a server that does not speak netchat, after the local time
+    (unless the server stamped it already, as a netchat server does for nc users)."""
+    text = sanitize_text(line.text)
+    return text if _STAMPED.match(text) else f"[{clock(line.ts)}] {text}"
+
+
+def event_lines(frame: Frame, now: float) -> list[str]:
+    """The lines pipe mode prints for ``frame``, stamped ``now`` if it has no time."""
+    if isinstance(frame, PlainLine):
+        return [plain_line_text(frame)]
+    return render_lines(frame, now)
 
 
 def run_console(
     endpoint: ChatEndpoint,
     *,
-    plain: bool = False,
+    pipe: bool = False,
     color: bool = True,
+    renamed: Renamer | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     stdin_fd: int | None = None,
@@ -81,8 +122,10 @@ def run_console(
 
     Args:
         endpoint: a :class:`~netchat.client.Client` or a serverless peer.
-        plain: force pipe mode even on a terminal.
+        pipe: pipe mode even on a terminal.
         color: allow colour in interactive mode (see :func:`color_allowed`).
+        renamed: makes the same endpoint under another name; given, an interactive
+            console asks for another name when the server refuses one.
         stdout, stderr, stdin_fd: pipe-mode streams (the process's own by default).
 
     Returns:
@@ -92,32 +135,56 @@ def run_console(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
-    interactive = not plain and os.isatty(fd) and out.isatty()
+    interactive = not pipe and os.isatty(fd) and out.isatty()
     console: _PipeConsole | _TerminalConsole
     if interactive:
         console = _TerminalConsole(endpoint, color)
     else:
         console = _PipeConsole(endpoint, out, err, fd)
     try:
-        try:
-            endpoint.start(console.on_event, console.on_closed)
-        except NetchatError as exc:
-            print(f"netchat: {start_failure_message(exc)}", file=err, flush=True)
-            return 1
+        while True:
+            try:
+                console.endpoint.start(console.on_event, console.on_closed)
+                break
+            except Rejected as exc:
+                another = None
+                if isinstance(console, _TerminalConsole) and exc.code in NAME_REFUSALS:
+                    another = console.ask_name(exc) if renamed is not None else None
+                if renamed is None or another is None:
+                    print(f"netchat: {_failure(exc, console.endpoint)}", file=err, flush=True)
+                    return 1
+                console.endpoint = renamed(another)
+            except NetchatError as exc:
+                print(f"netchat: {_failure(exc, console.endpoint)}", file=err, flush=True)
+                return 1
         reason = console.run()
     except KeyboardInterrupt:
         reason = None  # Ctrl-C is a way to leave, not a failure
     finally:
-        endpoint.close()
+        console.endpoint.close()
     if reason is not None:
         print(f"netchat: {sanitize_text(reason)}", file=err, flush=True)
         return 1
     return 0
 
 
+def _failure(exc: NetchatError, endpoint: ChatEndpoint) -> str:
+    target = None
+    if isinstance(endpoint, Client):
+        target = (endpoint.proto, endpoint.host, endpoint.port)
+    return start_failure_message(exc, target)
+
+
 def _is_quit(line: str) -> bool:
     command = split_command(line)
     return command is not None and command[0] == "quit"
+
+
+def _answers_us(frame: Frame, me: str) -> bool:
+    """True for the echo of something we said, or an error (which replaces an echo)."""
+    if isinstance(frame, (Message, PrivateMessage)):
+        return frame.sender == me
+    return isinstance(frame, Error)
 
 
 # --- pipe mode -------------------------------------------------------------------------
@@ -142,13 +209,16 @@ class _PipeConsole:
         self.reason: str | None = None
         self._inbox: queue.Queue[str | _Eof | _Closed] = queue.Queue()
         self._write_lock = threading.Lock()
+        self._last_progress = time.monotonic()  # our latest echo (or error) after EOF
         # The protocol is UTF-8; a pipe should carry it whatever the locale says.
         reconfigure = getattr(out, "reconfigure", None)
         if reconfigure is not None and getattr(out, "encoding", "utf-8").lower() != "utf-8":
             reconfigure(encoding="utf-8", errors="replace")
 
     def on_event(self, frame: Frame) -> None:
-        lines = render_lines(frame, time.time())
+        if _answers_us(frame, self.endpoint.name):
+            self._last_progress = time.monotonic()
+        lines = event_lines(frame, time.time())
         if not lines:
             return
         with self._write_lock:
@@ -175,7 +245,10 @@ class _PipeConsole:
                 return self._await_close()
 
     def _await_close(self) -> str | None:
-        self.endpoint.wait(QUIT_WAIT)
+        self._last_progress = time.monotonic()
+        while not self.endpoint.wait(QUIT_WAIT / 10):
+            if time.monotonic() - self._last_progress > QUIT_WAIT:
+                break  # nothing of ours came back for a while: stop waiting
         return self.reason
 
     def _send(self, line: str) -> bool:
@@ -189,7 +262,10 @@ class _PipeConsole:
         return True
 
     def _read_stdin(self) -> None:
-        pending = b""
+        # A LineReader, not a growing bytes object split again on every read: a
+        # gigabyte without a newline costs one refusal and bounded memory, not
+        # quadratic copying.
+        reader = LineReader(MAX_FRAME_BYTES)
         while True:
             try:
                 chunk = os.read(self.stdin_fd, _READ_BYTES)
@@ -197,18 +273,24 @@ class _PipeConsole:
                 chunk = b""
             if not chunk:
                 break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                self._queue_line(raw)
-        if pending:
-            self._queue_line(pending)
+            reader.feed(chunk)
+            self._queue_lines(reader)
+        reader.feed(b"\n")  # a last line without a newline is a line too
+        self._queue_lines(reader)
         self._inbox.put(_Eof())
 
-    def _queue_line(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r")
-        if line.strip():
-            self._inbox.put(line)
+    def _queue_lines(self, reader: LineReader) -> None:
+        while True:
+            try:
+                raw = reader.next_line()
+            except FrameTooLarge:
+                self.on_event(Error("too-large", TOO_LONG))
+                continue
+            if raw is None:
+                return
+            line = raw.decode("utf-8", errors="replace")
+            if line.strip():
+                self._inbox.put(line)
 
 
 # --- interactive mode ------------------------------------------------------------------
@@ -276,6 +358,15 @@ def format_event(frame: Frame, me: str, color: bool) -> tuple[StyleAndTextTuples
             (private_style, sanitize_text(frame.text)),
             ("", "\n"),
         ], to_me
+    if isinstance(frame, PlainLine):
+        text = plain_line_text(frame)
+        stamp, _, said = text.partition("] ")
+        speaker, colon, rest = said.partition(": ")
+        mentioned = speaker != me and mentions(rest, me)
+        body: StyleAndTextTuples = [("", said)]
+        if colon and name_problem(speaker) is None:  # "NAME: text", as lab clients send
+            body = [who(speaker), ("", ": "), (highlight if mentioned else "", rest)]
+        return [(time_style, f"{stamp}] "), *body, ("", "\n")], mentioned
     fragments: StyleAndTextTuples = []
     for line in render_lines(frame, time.time()):
         stamp, _, rest = line.partition("] ")  # every rendered line starts with its time
@@ -361,6 +452,17 @@ class _TerminalConsole:
                 except (CommandError, TransportError) as exc:
                     self._print([("ansired" if self.color else "", f"! {exc}\n")], False)
         return self.reason
+
+    def ask_name(self, refusal: Rejected) -> str | None:
+        """Ask for another name after ``refusal``; None if the user gives up (Ctrl-C/D)."""
+        from prompt_toolkit import prompt
+
+        self._print([("ansired" if self.color else "", f"! {refusal}\n")], False)
+        try:
+            answer = prompt("Your name: ", default=refusal.suggestion or "")
+        except (EOFError, KeyboardInterrupt):
+            return None
+        return answer.strip() or None
 
     def _quit(self, line: str = "/quit") -> str | None:
         # Already gone: nothing to say goodbye to.

@@ -69,12 +69,20 @@ class CommandError(NetchatError):
     """A ``/command`` line that cannot be parsed (unknown command, missing argument)."""
 
 
+class UnknownInterface(NetchatError):
+    """A network interface name or address that this machine does not have."""
+
+
 class TransportError(NetchatError):
     """A network operation failed."""
 
 
 class ConnectError(TransportError):
     """The server could not be reached."""
+
+
+class ForeignServer(ConnectError):
+    """The server answered, but not in netchat (a lab server: try plain-line mode)."""
 
 
 class ConnectionClosed(TransportError):

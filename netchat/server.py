@@ -53,13 +53,15 @@ class Server:
             if self._event_log is not None:
                 self._event_log.close()
             raise
+        # Kept: after a shutdown the socket is closed and can no longer say.
+        self._address = self.transport.address
         self._thread: threading.Thread | None = None
         self._closed = False
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port)."""
-        return self.transport.address
+        return self._address
 
     def serve_forever(self) -> None:
         """Serve until :meth:`shutdown`, SIGINT or SIGTERM; then release everything.

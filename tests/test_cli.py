@@ -17,12 +17,21 @@ from typer.testing import CliRunner
 
 import netchat.client
 import netchat.console
+import netchat.netif
 import netchat.server
 from netchat import __version__
 from netchat.cli import app
+from netchat.netif import Interface
 from netchat.transport.base import Proto, ServerConfig
 
 runner = CliRunner()
+
+FAKE_INTERFACES = [
+    Interface("lo", "127.0.0.1"),
+    Interface("eth0", "192.0.2.10"),
+    Interface("wlan0", "198.51.100.7"),
+    Interface("tun0", None),
+]
 
 
 class FakeServer:
@@ -196,12 +205,23 @@ def test_client_without_name_in_pipe_mode_is_a_usage_error(fakes: list[dict[str,
 
 def test_client_options_reach_client_and_console(fakes: list[dict[str, Any]]) -> None:
     argv = ["--proto", "udp", "client", "--name", "alice", "--host", "::1", "--port", "9001"]
-    result = runner.invoke(app, [*argv, "--reconnect", "--no-color", "--plain"])
+    result = runner.invoke(app, [*argv, "--reconnect", "--no-color", "--pipe"])
     assert result.exit_code == 0, result.output
     endpoint = FakeEndpoint.made[-1]
     assert endpoint.args == ("alice", "::1", 9001, Proto.udp)
-    assert endpoint.kwargs == {"reconnect": True}
-    assert fakes[-1] == {"endpoint": endpoint, "plain": True, "color": False}
+    assert endpoint.kwargs == {"reconnect": True, "plain": False}
+    renamed = fakes[-1].pop("renamed")
+    assert fakes[-1] == {"endpoint": endpoint, "pipe": True, "color": False}
+    # Asked again for a name, the console gets the same client under the new name.
+    again = renamed("alice2")
+    assert again.args == ("alice2", "::1", 9001, Proto.udp) and again.kwargs == endpoint.kwargs
+
+
+def test_client_plain_asks_for_plain_line_mode(fakes: list[dict[str, Any]]) -> None:
+    result = runner.invoke(app, ["--proto", "udp", "client", "--name", "alice", "--plain"])
+    assert result.exit_code == 0, result.output
+    assert FakeEndpoint.made[-1].kwargs == {"reconnect": False, "plain": True}
+    assert fakes[-1]["pipe"] is False
 
 
 def test_client_honours_no_color(
@@ -222,9 +242,12 @@ def test_client_console_exit_code_is_the_process_exit_code(
     assert runner.invoke(app, ["client", "--name", "a"]).exit_code == 1
 
 
-def test_peer_options_reach_the_peer(fakes: list[dict[str, Any]]) -> None:
+def test_peer_options_reach_the_peer(
+    fakes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netchat.netif, "interfaces", lambda: FAKE_INTERFACES)
     argv = ["peer", "--name", "bob", "--group", "239.1.2.3", "--port", "9100"]
-    result = runner.invoke(app, [*argv, "--interface", "127.0.0.1", "--broadcast", "--ttl", "2"])
+    result = runner.invoke(app, [*argv, "--interface", "127.0.0.1", "--ttl", "2"])
     assert result.exit_code == 0, result.output
     endpoint = FakeEndpoint.made[-1]
     assert endpoint.args == ("bob",)
@@ -232,12 +255,221 @@ def test_peer_options_reach_the_peer(fakes: list[dict[str, Any]]) -> None:
         "group": "239.1.2.3",
         "port": 9100,
         "interface": "127.0.0.1",
-        "broadcast": True,
+        "broadcast": False,
         "ttl": 2,
     }
+    assert fakes[-1]["pipe"] is False
+
+
+def test_peer_broadcast_to_a_broadcast_address(fakes: list[dict[str, Any]]) -> None:
+    argv = ["peer", "--name", "bob", "--broadcast", "--group", "192.0.2.255"]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert FakeEndpoint.made[-1].kwargs["group"] == "192.0.2.255"
+    assert FakeEndpoint.made[-1].kwargs["broadcast"] is True
 
 
 def test_peer_without_name_in_pipe_mode_is_a_usage_error(fakes: list[dict[str, Any]]) -> None:
     result = runner.invoke(app, ["peer"], input="")
     assert result.exit_code == 2
     assert "--name" in result.output
+
+
+# --- help and errors read like a well-made CLI ------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["server"], ["client"], ["peer"]])
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_has_no_value_placeholder_on_flags(command: list[str], flag: str) -> None:
+    result = runner.invoke(app, [*command, flag])
+    assert result.exit_code == 0, result.output
+    assert "Usage: netchat" in result.output
+    # Following the help literally must work: "--reconnect <bool>" reads as if it
+    # took a value, and "--reconnect true" is an error.
+    assert "<bool>" not in result.output
+    assert "<str>" not in result.output and "<int" not in result.output
+
+
+def test_flags_shown_in_help_take_no_value(fakes: list[dict[str, Any]]) -> None:
+    flags = ["--reconnect", "--no-color", "--pipe"]
+    result = runner.invoke(app, ["client", "--name", "a", *flags])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["peer", "--name", "a", "--broadcast", "--no-color", "--pipe"])
+    assert result.exit_code == 0, result.output
+
+
+def test_client_help_lists_plain_and_pipe() -> None:
+    result = runner.invoke(app, ["client", "-h"])
+    assert "--plain" in result.output and "--pipe" in result.output
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--proto", "UDP", "server"],
+        ["--proto", "Udp", "server"],
+        ["server", "--proto", "UDP"],
+    ],
+)
+def test_proto_is_case_insensitive(fakes: list[dict[str, Any]], argv: list[str]) -> None:
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert FakeServer.made[-1].proto is Proto.udp
+
+
+PYDANTIC_WORDS = ("Input should", "Value error", "valid integer", "parse string", "validation")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["server", "--port", "x"], "Invalid value for '--port': 'x' is not a port number"),
+        (["server", "--port", "70000"], "70000 is not a port number (0 to 65535)"),
+        (["client", "--port", "0"], "0 is not a port number (1 to 65535)"),
+        (["server", "--rate-limit", "fast"], "'fast' is not a number"),
+        (["server", "--burst", "0"], "0 is out of range: give 1 or more"),
+        (["server", "--ping-interval", "0"], "0 is too small: give 0.1 s or more"),
+        (["peer", "--ttl", "256"], "256 is out of range: give from 0 to 255"),
+        (["--proto", "sctp", "server"], "'sctp' is not a transport; choose tcp or udp"),
+        (["client", "--proto", "sctp"], "'sctp' is not a transport; choose tcp or udp"),
+        (["--log-level", "loud", "server"], "'loud' is not a log level"),
+    ],
+)
+def test_option_errors_speak_plainly(
+    fakes: list[dict[str, Any]], argv: list[str], message: str
+) -> None:
+    result = runner.invoke(app, argv, env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not any(word in result.output for word in PYDANTIC_WORDS), result.output
+    assert not FakeServer.made and not FakeEndpoint.made
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (
+            ["--proto", "tcp", "peer", "--name", "a"],
+            "peers chat over UDP multicast or broadcast; leave out --proto tcp",
+        ),
+        (
+            ["peer", "--name", "a", "--broadcast", "--group", "239.1.2.3"],
+            "239.1.2.3 is a multicast group, but --broadcast sends to a broadcast address",
+        ),
+        (
+            ["client", "--name", "a", "--plain", "--reconnect"],
+            "plain-line mode does not reconnect; leave out --reconnect or --plain",
+        ),
+    ],
+)
+def test_contradictory_options_are_refused_with_a_reason(
+    fakes: list[dict[str, Any]], argv: list[str], reason: str
+) -> None:
+    result = runner.invoke(app, argv, env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert reason in result.output
+    assert not FakeEndpoint.made
+
+
+def test_proto_udp_before_peer_is_fine(fakes: list[dict[str, Any]]) -> None:
+    result = runner.invoke(app, ["--proto", "udp", "peer", "--name", "a"])
+    assert result.exit_code == 0, result.output
+
+
+# --- the server tells students how to join ----------------------------------------------
+
+
+def served_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("netchat: ")]
+
+
+def test_server_on_all_interfaces_prints_the_commands_students_type(
+    fakes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netchat.netif, "interfaces", lambda: FAKE_INTERFACES)
+    result = runner.invoke(app, ["server", "--host", "0.0.0.0", "--port", "9000"])
+    assert result.exit_code == 0, result.output
+    assert served_lines(result.output) == [
+        "netchat: serving tcp on 0.0.0.0:9000 (Ctrl-C to stop)",
+        "netchat: students join with one of these (2 addresses of this machine):",
+        "netchat:   netchat client --host 192.0.2.10 --port 9000 --name YOU",
+        "netchat:   nc 192.0.2.10 9000",
+        "netchat:   netchat client --host 198.51.100.7 --port 9000 --name YOU",
+        "netchat:   nc 198.51.100.7 9000",
+        "netchat: if they cannot connect, a firewall may block the port: open 9000/tcp"
+        " (for example: sudo ufw allow 9000/tcp)",
+    ]
+
+
+def test_udp_server_on_the_lan_prints_udp_commands(
+    fakes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netchat.netif, "interfaces", lambda: FAKE_INTERFACES[:2])
+    result = runner.invoke(app, ["--proto", "udp", "server", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert served_lines(result.output) == [
+        "netchat: serving udp on 0.0.0.0:8080 (Ctrl-C to stop)",
+        "netchat: students join with one of these (1 address of this machine):",
+        "netchat:   netchat --proto udp client --host 192.0.2.10 --name YOU",
+        "netchat: if they cannot connect, a firewall may block the port: open 8080/udp"
+        " (for example: sudo ufw allow 8080/udp)",
+    ]
+
+
+def test_server_on_one_lan_address_names_it(fakes: list[dict[str, Any]]) -> None:
+    result = runner.invoke(app, ["server", "--host", "192.0.2.10"])
+    assert served_lines(result.output)[1:4] == [
+        "netchat: students join with one of these (1 address of this machine):",
+        "netchat:   netchat client --host 192.0.2.10 --name YOU",
+        "netchat:   nc 192.0.2.10 8080",
+    ]
+
+
+def test_server_without_a_lan_address_says_so(
+    fakes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netchat.netif, "interfaces", lambda: FAKE_INTERFACES[:1])
+    result = runner.invoke(app, ["server", "--host", "0.0.0.0"])
+    assert served_lines(result.output) == [
+        "netchat: serving tcp on 0.0.0.0:8080 (Ctrl-C to stop)",
+        "netchat: this machine has no LAN address yet: is it connected to a network?",
+    ]
+
+
+# --- peer --interface by name --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "used"), [("eth0", "192.0.2.10"), ("lo", "127.0.0.1")])
+def test_peer_interface_by_name(
+    fakes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, given: str, used: str
+) -> None:
+    monkeypatch.setattr(netchat.netif, "interfaces", lambda: FAKE_INTERFACES)
+    result = runner.invoke(app, ["peer", "--name", "a", "--interface", given])
+    assert result.exit_code == 0, result.output
+    assert FakeEndpoint.made[-1].kwargs["interface"] == used
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            "eth9",
+            "no network interface named 'eth9'; this machine has: lo (127.0.0.1),"
+            " eth0 (192.0.2.10), wlan0 (198.51.100.7), tun0 (no IPv4 address)",
+        ),
+        ("tun0", "interface tun0 has no IPv4 address"),
+        ("10.9.9.9", "no interface of this machine has the address 10.9.9.9"),
+        ("::1", "::1 is not an IPv4 address (peers use IPv4)"),
+    ],
+)
+def test_peer_unknown_interface_is_a_clear_error(
+    fakes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, given: str, message: str
+) -> None:
+    monkeypatch.setattr(netchat.netif, "interfaces", lambda: FAKE_INTERFACES)
+    result = runner.invoke(
+        app, ["peer", "--name", "a", "--interface", given], env={"COLUMNS": "300"}
+    )
+    assert result.exit_code == 2
+    assert "Invalid value for '--interface'" in result.output
+    assert message in result.output
+    assert not FakeEndpoint.made

@@ -67,6 +67,11 @@ class Proc:
         self.popen.stdin.write(line.encode("utf-8") + b"\n")
         self.popen.stdin.flush()
 
+    def send_bytes(self, data: bytes) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(data)
+        self.popen.stdin.flush()
+
     def close_stdin(self) -> None:
         assert self.popen.stdin is not None
         self.popen.stdin.close()
@@ -239,7 +244,11 @@ def test_bad_command_goes_to_stderr_and_the_session_goes_on(
     alice.send("/frobnicate")
     assert alice.expect_stderr(r"^! ").startswith("! unknown command /frobnicate")
     alice.send("/stats")
-    assert "frames_in=" in alice.expect(r"^\[..:..:..\] -!- stats: ")
+    assert re.fullmatch(
+        r"\[..:..:..\] -!- stats \(tcp\): 0 messages sent, 1 received; 0 lost, 0 duplicates,"
+        r" 0 reordered; \d+ bytes out, \d+ bytes in; round trip \d+\.\d\d ms",
+        alice.expect(r"^\[..:..:..\] -!- stats"),
+    )
     alice.send("/quit")
     assert alice.wait() == 0
 
@@ -268,13 +277,14 @@ def test_name_taken_exits_1_with_suggestion(
     assert second.rest_of_stdout() == []
 
 
-def test_connection_refused_exits_1_with_one_line(procs: Callable[..., Proc]) -> None:
+def test_connection_refused_names_the_exact_server_command(procs: Callable[..., Proc]) -> None:
     port = free_port()
     client = procs("client", "--name", "alice", "--port", str(port))
     assert client.wait() == 1
     assert client.all_stderr() == [
         f"netchat: cannot connect to 127.0.0.1:{port}: connection refused"
-        " — is the server running? start one with: netchat server"
+        f" — is the server running? start one with: netchat server --port {port};"
+        " if it serves UDP, join with --proto udp"
     ]
 
 
@@ -492,3 +502,181 @@ def test_interactive_asks_for_a_missing_name(make_server: ServerFactory) -> None
         assert terminal.leave_with_ctrl_d() == 0
     finally:
         terminal.close()
+
+
+# --- pipe mode: long lines, the end of input, foreign servers, hints ---------------------
+
+STAMP = r"\[\d\d:\d\d:\d\d\] "
+
+
+def assert_transcript(lines: list[str], patterns: list[str]) -> None:
+    """Every line matches its pattern, in order, and there are no others."""
+    assert len(lines) == len(patterns), lines
+    for line, pattern in zip(lines, patterns, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+
+
+def test_a_line_over_the_limit_is_refused_and_the_client_keeps_running(
+    procs: Callable[..., Proc], server_proc: tuple[Proc, int]
+) -> None:
+    _, port = server_proc
+    big = client_proc(procs, "big", port)
+    big.send("before")
+    big.expect(r"<big> before$")
+    big.send_bytes(b"x" * 5_000_000 + b"\n")  # pasted or piped: 5 MB, one line
+    big.expect(STAMP + r"! message not sent")
+    big.send("after: Ёжик")
+    big.expect(r"<big> after: Ёжик$")
+    big.close_stdin()
+    assert big.wait() == 0
+    assert_transcript(
+        [*big.seen, *big.rest_of_stdout()],
+        [
+            STAMP + r"-!- Welcome, big! Online \(1\): big\. Type /help for commands\.",
+            STAMP + "<big> before",
+            STAMP + r"! message not sent: longer than 65536 bytes, the most one line may hold;"
+            r" shorten it",
+            STAMP + "<big> after: Ёжик",
+        ],
+    )
+    assert big.all_stderr() == []  # no traceback
+
+
+def test_a_piped_client_prints_until_its_own_messages_are_echoed(
+    procs: Callable[..., Proc],
+) -> None:
+    # The server lets 4 messages a second through: 25 lines take 6 s to be echoed,
+    # longer than the old fixed wait after end of input.
+    server = procs("server", "--port", "0", "--rate-limit", "4", "--burst", "1")
+    line = server.expect_stderr(r"serving tcp on 127\.0\.0\.1:\d+")
+    port = re.search(r":(\d+) ", line).group(1)  # type: ignore[union-attr]
+    piper = procs("client", "--name", "piper", "--port", port)
+    for number in range(1, 26):
+        piper.send(f"строка {number:02d}")
+    piper.close_stdin()
+    assert piper.wait(timeout=30) == 0
+    assert_transcript(
+        piper.rest_of_stdout(),
+        [STAMP + r"-!- Welcome, piper! Online \(1\): piper\. Type /help for commands\."]
+        + [STAMP + f"<piper> строка {number:02d}" for number in range(1, 26)],
+    )
+
+
+def test_a_tcp_lab_relay_gets_plain_lines_from_the_cli(procs: Callable[..., Proc]) -> None:
+    from tests.labservers import LabClient, RawRelay
+
+    relay = RawRelay()
+    bob = LabClient(relay.address)
+    try:
+        port = str(relay.address[1])
+        alice = procs("client", "--name", "alice", "--port", port)
+        alice.expect(r"does not speak netchat")  # after the default wait for a banner
+        relay.wait_for_clients(2)
+        bob.send("bob: привет")
+        alice.expect(r"bob: привет$")
+        alice.send("hello from netchat 👋")
+        expected = "alice: hello from netchat 👋\n".encode()
+        assert bob.receive_until(expected) == expected
+        alice.close_stdin()
+        assert alice.wait() == 0
+        assert_transcript(
+            [*alice.seen, *alice.rest_of_stdout()],
+            [
+                STAMP
+                + re.escape(
+                    f"-!- 127.0.0.1:{port} does not speak netchat (it did not greet us as a"
+                    " netchat server does); switching to plain-line mode: what you type is"
+                    " sent as 'alice: text'"
+                ),
+                STAMP + "bob: привет",
+                STAMP + "alice: hello from netchat 👋",
+            ],
+        )
+        assert alice.all_stderr() == []
+        assert not any(b"{" in chunk for chunk in relay.received)
+    finally:
+        bob.close()
+        relay.close()
+
+
+def test_a_udp_client_at_a_tcp_server_is_told_about_proto(
+    procs: Callable[..., Proc], server_proc: tuple[Proc, int]
+) -> None:
+    _, port = server_proc
+    client = procs("--proto", "udp", "client", "--name", "alice", "--port", str(port))
+    assert client.wait() == 1
+    assert client.all_stderr() == [
+        f"netchat: cannot reach udp://127.0.0.1:{port}: connection refused"
+        " — a netchat TCP server listens on that port: leave out --proto udp"
+    ]
+
+
+def test_a_udp_client_with_nothing_there_gets_the_udp_server_command(
+    procs: Callable[..., Proc],
+) -> None:
+    port = free_port()
+    client = procs("--proto", "udp", "client", "--name", "alice", "--port", str(port))
+    assert client.wait() == 1
+    assert client.all_stderr() == [
+        f"netchat: cannot reach udp://127.0.0.1:{port}: connection refused"
+        f" — is the server running? start one with: netchat --proto udp server --port {port}"
+    ]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_interactive_client_asks_again_when_the_name_is_taken(make_server: ServerFactory) -> None:
+    server = make_server()
+    with Client.connect("alice", *server.address):
+        terminal = interactive_client("alice", server)
+        try:
+            asked_at = terminal.read_until(rb"the name 'alice' is taken; try 'alice2'")
+            terminal.read_until(rb"Your name: alice2", asked_at)
+            terminal.type(b"\r")  # take the suggestion
+            terminal.read_until(rb"Welcome, alice2!", asked_at)
+            assert set(server.hub.names()) == {"alice", "alice2"}
+            assert terminal.leave_with_ctrl_d() == 0
+        finally:
+            terminal.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_interactive_client_asks_again_when_the_name_is_invalid(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server()
+    term_env = netchat_env(TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1")
+    terminal = Terminal(["client", "--name", "<zoe>", "--port", str(server.address[1])], term_env)
+    try:
+        asked_at = terminal.read_until(rb"! .*name")
+        terminal.read_until(rb"Your name: ", asked_at)
+        terminal.type(b"\x15zoe\r")  # Ctrl-U clears the suggestion; type another
+        terminal.read_until(rb"Welcome, zoe!", asked_at)
+        assert server.hub.names() == ("zoe",)
+        assert terminal.leave_with_ctrl_d() == 0
+    finally:
+        terminal.close()
+
+
+def test_plain_lines_are_shown_after_the_time_and_sanitised() -> None:
+    from netchat.console import event_lines
+    from netchat.plain_client import PlainLine
+
+    assert event_lines(PlainLine("bob: hi\x1b[2J there", 0.0), 0.0) == [
+        f"[{time.strftime('%H:%M:%S', time.localtime(0))}] bob: hi there"
+    ]
+    # A netchat server stamps its lines for nc users already: no second stamp.
+    assert event_lines(PlainLine("[12:00:01] <bob> hi", 0.0), 0.0) == ["[12:00:01] <bob> hi"]
+
+
+def test_plain_lines_on_the_terminal_colour_the_speaker_and_ring_for_a_mention() -> None:
+    from netchat.plain_client import PlainLine
+
+    fragments, bell = format_event(PlainLine("bob: hi alice", 0.0), "alice", color=True)
+    assert bell
+    assert (f"bold {name_color('bob')}", "bob") in [(style, text) for style, text, *_ in fragments]
+    text = "".join(text for _, text, *_ in fragments)
+    assert text.endswith("] bob: hi alice\n")
+    _, own = format_event(PlainLine("alice: hi alice", 0.0), "alice", color=True)
+    assert not own
+    fragments, _ = format_event(PlainLine("no speaker here", 0.0), "alice", color=False)
+    assert "".join(text for _, text, *_ in fragments).endswith("] no speaker here\n")

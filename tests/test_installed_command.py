@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -60,3 +61,45 @@ def test_server_serves_nc_users_and_exits_0_on_sigint() -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+@pytest.mark.parametrize("command", [["server"], ["client"], ["peer"]])
+def test_dash_h_shows_flags_without_value_placeholders(command: list[str]) -> None:
+    result = subprocess.run(
+        [netchat_command(), *command, "-h"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Usage: netchat {command[0]}" in result.stdout
+    assert "<bool>" not in result.stdout
+
+
+def test_option_errors_through_the_binary_speak_plainly() -> None:
+    result = subprocess.run(
+        [netchat_command(), "--proto", "UDP", "server", "--port", "eighty"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 2  # UDP was accepted; the port was not
+    assert "Invalid value for '--port': 'eighty' is not a port number" in result.stderr
+    assert "Input should" not in result.stderr and "parse string" not in result.stderr
+
+
+def test_contradictory_options_through_the_binary() -> None:
+    result = subprocess.run(
+        [netchat_command(), "--proto", "tcp", "peer", "--name", "a"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 2
+    assert "peers chat over UDP multicast or broadcast; leave out --proto tcp" in result.stderr

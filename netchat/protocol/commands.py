@@ -17,6 +17,7 @@ Commands:
   /me ACTION           say an action, e.g. /me waves
   /nick NEW            change your name
   /help                this help
+  /stats               what your connection has sent, received and lost
   /quit [REASON]       leave
 Anything else is a message to everyone; start it with // to send a line that begins with /."""
 

@@ -31,12 +31,15 @@ class TransportEntry:
     """Where a transport's classes live, as ``"module:Class"`` (imported when used).
 
     ``server`` is built as ``Server(hub, config)`` and ``client`` as
-    ``Client(host, port, connect_timeout=seconds)``.
+    ``Client(host, port, connect_timeout=seconds)``. ``stream`` says whether it runs
+    over TCP (a byte stream: ``nc`` can join, a plain client sends lines) or over UDP
+    (datagrams).
     """
 
     summary: str
     server: str
     client: str
+    stream: bool
 
 
 TRANSPORTS: dict[Proto, TransportEntry] = {
@@ -44,13 +47,25 @@ TRANSPORTS: dict[Proto, TransportEntry] = {
         "threaded TCP server: a thread per connection, reliable and ordered",
         "netchat.transport.tcp:TcpServer",
         "netchat.transport.tcp_client:TcpClientTransport",
+        stream=True,
     ),
     Proto.udp: TransportEntry(
         "UDP relay: learns members from their datagrams; loss is reported, not repaired",
         "netchat.transport.udp_relay:UdpRelayServer",
         "netchat.transport.udp_client:UdpClientTransport",
+        stream=False,
     ),
 }
+
+
+def is_stream(proto: Proto) -> bool:
+    """Whether ``proto`` runs over TCP (else over UDP datagrams)."""
+    return TRANSPORTS[Proto(proto)].stream
+
+
+def ip_protocol(proto: Proto) -> str:
+    """``"tcp"`` or ``"udp"``: what a firewall rule for ``proto`` names."""
+    return "tcp" if is_stream(proto) else "udp"
 
 
 def _load(dotted: str) -> Any:

@@ -19,6 +19,13 @@ Datagram size policy: the server fragments frames too large for one datagram and
 this side reassembles them; a frame *we* would send that does not fit in
 :data:`~netchat.protocol.limits.MAX_DATAGRAM_BYTES` is refused locally with an
 ``Error("too-large")`` frame delivered through :meth:`receive`, not sent.
+
+The round-trip time shown by ``/stats`` comes from our own exchanges: the cookie
+request at connect, then every heartbeat (the server's PONG echoes the PING's nonce),
+smoothed as TCP does (RFC 6298: 7/8 old, 1/8 new).
+
+:class:`PlainUdpTransport` is the other UDP client: for a lab server that does not
+speak netchat, raw datagrams out and in, one message each.
 """
 
 from __future__ import annotations
@@ -28,14 +35,20 @@ import itertools
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
-from ..errors import ConnectError, ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from ..errors import (
+    ConnectError,
+    ConnectionClosed,
+    ForeignServer,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from ..events import FrameInbox
 from ..protocol import datagram as dg
-from ..protocol.frames import Error, Frame, Hello, Info, Quit, Welcome, decode_frame, encode_frame
+from ..protocol.frames import Error, Frame, Hello, Info, Welcome, decode_frame, encode_frame
 from ..protocol.limits import MAX_DATAGRAM_BYTES
+from ..protocol.text import sanitize_text
 from .tcp_client import describe_os_error, format_address
 from .waiting import wait_readable
 
@@ -101,9 +114,14 @@ class UdpClientTransport:
         self._next_ping = 0.0
         self._last_heard = 0.0
         self._nonces = itertools.count(1)
+        self._ping_nonce = 0
+        self._ping_sent_at = 0.0
+        self._rtt: float | None = None  # smoothed round-trip time, seconds
         self._closed = threading.Event()
+        self._connecting = False  # connect() polls the socket: it closes it, not close()
         self._ended = False
-        self._counters: Counter[str] = Counter()
+        self._bytes_in = 0
+        self._bytes_out = 0
 
     @property
     def _where(self) -> str:
@@ -112,10 +130,13 @@ class UdpClientTransport:
     # --- ClientTransport ----------------------------------------------------------------
 
     def connect(self) -> None:
-        """Reach the server and get a join cookie.
+        """Reach the server and get a join cookie; :meth:`close` from another thread
+        aborts the wait.
 
         Raises:
+            ForeignServer: something answered, but not in netchat (a lab server).
             ConnectError: unknown host, nothing listening, or no answer in time.
+            ConnectionClosed: :meth:`close` was called meanwhile.
         """
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
@@ -123,14 +144,27 @@ class UdpClientTransport:
             sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError as exc:
             raise ConnectError(f"cannot reach {self._where}: {describe_os_error(exc)}") from exc
+        with self._lock:
+            if self._closed.is_set():
+                sock.close()
+                raise ConnectionClosed("connection closed")
+            self._sock = sock
+            self._connecting = True
         try:
             sock.connect(address)
-            self._sock = sock
             self._cookie = self._fetch_cookie(sock)
         except BaseException:
-            self._sock = None
+            with self._lock:
+                self._connecting = False
+                self._sock = None
             sock.close()
             raise
+        with self._lock:
+            self._connecting = False
+            if self._closed.is_set():  # close() came as the cookie did: it left us the socket
+                self._sock = None
+                sock.close()
+                raise ConnectionClosed("connection closed")
         self._last_heard = self._clock()
         self._thread = threading.Thread(
             target=self._receive_loop, name="netchat-udp-client", daemon=True
@@ -140,22 +174,33 @@ class UdpClientTransport:
     def _fetch_cookie(self, sock: socket.socket) -> bytes:
         deadline = self._clock() + self.connect_timeout
         while (remaining := deadline - self._clock()) > 0:
+            request = dg.encode_hello(dg.NO_COOKIE)
             try:
-                sock.send(dg.encode_hello(dg.NO_COOKIE))
-                self._counters["sent"] += 1
+                sent_at = self._clock()
+                sock.send(request)
+                self._bytes_out += len(request)
                 readable = wait_readable([sock], min(RETRY_INTERVAL, remaining))
+                if self._closed.is_set():
+                    raise ConnectionClosed("connection closed")
                 if not readable:
                     continue
                 data = sock.recv(MAX_DATAGRAM_BYTES + 1)
             except OSError as exc:
+                if self._closed.is_set():
+                    raise ConnectionClosed("connection closed") from exc
                 raise ConnectError(f"cannot reach {self._where}: {describe_os_error(exc)}") from exc
-            self._counters["received"] += 1
+            self._bytes_in += len(data)
             try:
                 answer = dg.decode_datagram(data)
-            except RemoteProtocolError:
-                self._counters["invalid"] += 1
-                continue
+            except RemoteProtocolError as exc:
+                if exc.code == "magic":  # only the server can send to our connected socket
+                    sample = sanitize_text(data[:60].decode("utf-8", "replace")).strip()
+                    raise ForeignServer(
+                        f"{self._where} does not speak netchat (it sent {sample!r})"
+                    ) from None
+                continue  # netchat, but damaged or of another layout version
             if isinstance(answer, dg.Cookie):
+                self._note_rtt(self._clock() - sent_at)
                 return answer.cookie
             if isinstance(answer, dg.Notice):
                 raise ConnectError(f"{self._where} refused us: {answer.code}")
@@ -193,49 +238,56 @@ class UdpClientTransport:
             seq = self._send_seq
             self._send_seq += 1
         self._send_raw(dg.encode_data(seq, payload))
-        if isinstance(frame, Quit):
-            self._counters["quit"] = 1
 
     def receive(self, timeout: float | None = None) -> Frame | None:
         return self._frames.get(timeout)
 
     def close(self) -> None:
-        """Tell the server we are leaving (if it does not know yet) and stop. Idempotent."""
-        if self._closed.is_set():
-            return
+        """Tell the server we are leaving (if it does not know yet) and stop; a
+        :meth:`connect` waiting on another thread raises ConnectionClosed. Idempotent."""
         with self._lock:
+            if self._closed.is_set():
+                return
             say_bye = self._accepted is not None and not self._ended
+            sock = self._sock
+            connecting = self._connecting
+            self._closed.set()
         if say_bye:
-            self._send_raw(dg.encode_bye("client closed"))
-        self._closed.set()
+            with contextlib.suppress(ConnectionClosed):
+                self._send_raw(dg.encode_bye("client closed"))
+        if sock is not None:
+            # Wakes a poll() on another thread at once (connect's or the receiver's).
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._end("connection closed")
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2)
-        if self._sock is not None:
-            self._sock.close()
+        if sock is not None and not connecting:
+            sock.close()  # else connect() closes it, once it no longer polls it
 
     def stats(self) -> dict[str, int]:
-        """Datagrams sent and received, frames delivered, and the sequence counters:
-        lost, duplicates, reordered, late (arrived after being reported lost),
-        invalid (undecodable or implausible datagrams), heartbeats."""
+        """What ``/stats`` shows: messages ``lost``, ``duplicates`` dropped, ``reordered``
+        ones put back in order, ``bytes_in``/``bytes_out`` (datagrams, headers included)
+        and ``rtt_us``, the smoothed round-trip time in microseconds (0 until measured)."""
         tracker = self._tracker
         return {
-            "sent": self._counters["sent"],
-            "received": self._counters["received"],
-            "frames": self._counters["frames"],
             "lost": tracker.lost,
             "duplicates": tracker.duplicates,
             "reordered": tracker.reordered,
-            "late": tracker.late,
-            "invalid": self._counters["invalid"] + tracker.invalid,
-            "heartbeats": self._counters["heartbeats"],
+            "bytes_in": self._bytes_in,
+            "bytes_out": self._bytes_out,
+            "rtt_us": round(self._rtt * 1_000_000) if self._rtt is not None else 0,
         }
 
     # --- internals ----------------------------------------------------------------------
 
     def _refuse(self, text: str) -> None:
         self._frames.put(Error("too-large", text))
+
+    def _note_rtt(self, sample: float) -> None:
+        rtt = self._rtt
+        self._rtt = sample if rtt is None else rtt + (sample - rtt) / 8
 
     def _send_raw(self, datagram: bytes) -> None:
         sock = self._sock
@@ -249,9 +301,9 @@ class UdpClientTransport:
         except OSError as exc:
             if self._closed.is_set():
                 raise ConnectionClosed("connection closed") from exc
-            self._counters["send_errors"] += 1  # datagrams may be dropped; not fatal
-            return
-        self._counters["sent"] += 1
+            return  # a datagram may be dropped (a full buffer): UDP is allowed to lose it
+        with self._lock:  # heartbeats are sent by the receiver thread, chat by the user's
+            self._bytes_out += len(datagram)
 
     def _send_join(self) -> None:
         with self._lock:
@@ -306,13 +358,14 @@ class UdpClientTransport:
             except ConnectionRefusedError:
                 self._end(f"{self._where} is gone (connection refused)")
                 return
-            self._counters["received"] += 1
+            if not data and self._closed.is_set():
+                return  # shut down by close()
+            self._bytes_in += len(data)
             now = self._clock()
             try:
                 datagram = dg.decode_datagram(data)
             except RemoteProtocolError:
-                self._counters["invalid"] += 1
-                continue
+                continue  # not netchat, or damaged: nothing to show
             self._last_heard = now
             self._on_datagram(datagram, now)
 
@@ -324,6 +377,8 @@ class UdpClientTransport:
                 return
             self._on_data(datagram, now)
         elif isinstance(datagram, dg.Pong):
+            if datagram.nonce == self._ping_nonce:
+                self._note_rtt(now - self._ping_sent_at)
             self._release(self._tracker.advance_to(datagram.next_seq, now))
         elif isinstance(datagram, dg.Accept):
             if self._accepted is None and self._hello is not None:
@@ -338,13 +393,10 @@ class UdpClientTransport:
                 self._on_reject(datagram)
         elif isinstance(datagram, dg.Bye):
             self._end(f"the server closed the session ({datagram.reason or 'no reason given'})")
-        elif isinstance(datagram, dg.Notice):
-            if datagram.code == "not-joined":
-                self._end("the server no longer knows us (did it restart?)")
-            else:
-                self._counters["notices"] += 1
-        else:
-            self._counters["invalid"] += 1
+        elif isinstance(datagram, dg.Notice) and datagram.code == "not-joined":
+            self._end("the server no longer knows us (did it restart?)")
+        # Other notices answer a datagram the server could not use; datagrams of other
+        # kinds are not for a client. Neither changes anything here.
 
     def _on_accept(self, accept: dg.Accept, now: float) -> None:
         with self._lock:
@@ -390,11 +442,9 @@ class UdpClientTransport:
             try:
                 frame = decode_frame(whole)
             except RemoteProtocolError:
-                self._counters["invalid"] += 1
-                continue
+                continue  # a damaged frame: nothing to show
             if isinstance(frame, Welcome):
                 self._welcomed = True
-            self._counters["frames"] += 1
             self._frames.put(frame)
 
     def _tick(self, now: float) -> None:
@@ -411,6 +461,131 @@ class UdpClientTransport:
             return
         if now >= self._next_ping:
             self._next_ping = now + self._heartbeat
-            self._counters["heartbeats"] += 1
+            self._ping_nonce = next(self._nonces)
+            self._ping_sent_at = now
             with contextlib.suppress(ConnectionClosed):
-                self._send_raw(dg.encode_ping(next(self._nonces), self._tracker.next_seq))
+                self._send_raw(dg.encode_ping(self._ping_nonce, self._tracker.next_seq))
+
+
+class PlainUdpTransport:
+    """Raw datagrams to and from a lab UDP server that does not speak netchat.
+
+    Nothing is sent until the user says something (a lab server learns its clients
+    from their datagrams). The socket is ``connect()``-ed, so datagrams from anyone but
+    the server are dropped by the kernel, and an ICMP "port unreachable" comes back as
+    a :class:`ConnectError` from the next send or receive: nothing listens there (yet);
+    the session goes on, since a lab server may be started later.
+
+    Args:
+        host: server host name or address.
+        port: server UDP port.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._sock: socket.socket | None = None
+        # Guards _closed/_polling, as in the TCP transport: close() must not free the
+        # descriptor while receive_bytes() polls it on another thread.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._polling = False
+        self._bytes_in = 0
+        self._bytes_out = 0
+
+    @property
+    def where(self) -> str:
+        return f"udp://{format_address(self.host, self.port)}"
+
+    def connect(self) -> None:
+        """Open a socket aimed at the server (no datagram is sent).
+
+        Raises:
+            ConnectError: unknown host or no route.
+        """
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+            family, _, _, _, address = infos[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise ConnectError(f"cannot reach {self.where}: {describe_os_error(exc)}") from exc
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            raise ConnectError(f"cannot reach {self.where}: {describe_os_error(exc)}") from exc
+        self._sock = sock
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send one datagram.
+
+        Raises:
+            ConnectError: nothing listens at the server's port (an earlier datagram
+                bounced); later sends may succeed.
+            ConnectionClosed: :meth:`close` was called.
+        """
+        sock = self._sock
+        if sock is None or self._closed:
+            raise ConnectionClosed("not connected")
+        try:
+            sock.send(data)
+        except ConnectionRefusedError:
+            raise ConnectError(self._unreachable()) from None
+        except OSError as exc:
+            if self._closed:
+                raise ConnectionClosed("connection closed") from exc
+            return  # a full buffer: UDP may drop a datagram
+        self._bytes_out += len(data)
+
+    def receive_bytes(self, timeout: float | None = None) -> bytes | None:
+        """The next datagram; ``None`` if none came within ``timeout`` seconds.
+
+        Raises:
+            ConnectError: nothing listens at the server's port (a datagram bounced).
+            ConnectionClosed: :meth:`close` was called.
+        """
+        with self._lock:
+            if self._closed or self._sock is None:
+                raise ConnectionClosed("connection closed")
+            sock = self._sock
+            self._polling = True
+        try:
+            if not wait_readable([sock], timeout):
+                return None
+            data = sock.recv(65536)
+        except ConnectionRefusedError:
+            raise ConnectError(self._unreachable()) from None
+        except OSError as exc:
+            raise ConnectionClosed("connection closed") from exc
+        finally:
+            with self._lock:
+                self._polling = False
+                if self._closed:
+                    sock.close()
+        if self._closed:
+            raise ConnectionClosed("connection closed")
+        self._bytes_in += len(data)
+        return data
+
+    def finish_sending(self) -> None:
+        """Nothing to do: a datagram session has no end to announce."""
+
+    def close(self) -> None:
+        """Stop; a :meth:`receive_bytes` blocked on another thread raises. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._sock is None:
+                return
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a poll() on another thread
+            if not self._polling:
+                self._sock.close()
+
+    def stats(self) -> dict[str, int]:
+        """``bytes_in`` and ``bytes_out``."""
+        return {"bytes_in": self._bytes_in, "bytes_out": self._bytes_out}
+
+    def _unreachable(self) -> str:
+        return f"nothing answers at {self.where} (port unreachable); is the server running?"
