@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from .errors import CommandError, ConnectError, ConnectionClosed, Rejected, RemoteProtocolError
 from .events import call_handler
+from .impair import DatagramFilter
 from .protocol import datagram as dg
 from .protocol.commands import HELP_TEXT, parse_input, split_command
 from .protocol.frames import (
@@ -104,6 +105,9 @@ class Peer:
         broadcast: use broadcast instead of multicast.
         ttl: multicast hops (1: the local network only).
         heartbeat_interval: seconds between presence announcements.
+        impairment: a :class:`~netchat.impair.DatagramFilter` every received datagram
+            passes through first (``netchat bench`` uses it to drop, delay, duplicate
+            and reorder what a peer hears); ``None`` takes datagrams as they come.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class Peer:
         reorder_window: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        impairment: DatagramFilter | None = None,
     ) -> None:
         self._name = name.strip()
         self.group = group
@@ -145,6 +150,7 @@ class Peer:
         self._ended = threading.Event()
         self._finishing = False
         self._counters: Counter[str] = Counter()
+        self._impairment = impairment
 
     # --- ChatEndpoint ----------------------------------------------------------------
 
@@ -401,6 +407,8 @@ class Peer:
     def _wait_time(self) -> float:
         now = self._clock()
         moments = [self._next_presence]
+        if self._impairment is not None and (due := self._impairment.next_due()) is not None:
+            moments.append(due)
         with self._lock:
             for known in self._known.values():
                 deadline = known.tracker.deadline()
@@ -414,11 +422,17 @@ class Peer:
                 data = sock.recv(MAX_DATAGRAM_BYTES + 1)
             except (BlockingIOError, InterruptedError):
                 return
-            self._counters["received"] += 1
-            try:
-                self._on_datagram(data, self._clock())
-            except RemoteProtocolError:
-                self._counters["invalid"] += 1
+            if self._impairment is not None:  # it hands the datagram back when due
+                self._impairment.offer(data, self._clock())
+            else:
+                self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        self._counters["received"] += 1
+        try:
+            self._on_datagram(data, self._clock())
+        except RemoteProtocolError:
+            self._counters["invalid"] += 1
 
     def _on_datagram(self, data: bytes, now: float) -> None:
         datagram = dg.decode_datagram(data)
@@ -523,6 +537,9 @@ class Peer:
         self._emit(Left(known.name, self._wall_clock(), 0, reason))
 
     def _tick(self, now: float) -> None:
+        if self._impairment is not None:
+            for data in self._impairment.release(now):
+                self._take(data)
         if now >= self._next_presence:
             self._announce()
         with self._lock:
