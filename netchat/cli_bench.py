@@ -267,11 +267,18 @@ def bench(
         f" {params.messages} messages at {f'{params.rate:g}/s' if params.rate else 'full speed'},"
         f" {params.size} B; impairment: {params.impairment.describe()}"
     )
+
+    def on_terminate(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # unwinds through the runner, which stops its processes
+
+    previous = signal.signal(signal.SIGTERM, on_terminate)
     try:
         results = _run_with_progress(run_bench, params)
     except KeyboardInterrupt:
         typer.echo("netchat: bench interrupted; every process it started was stopped", err=True)
         raise typer.Exit(code=130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if json_output:
         typer.echo(json.dumps(json_document(params, results), indent=2, ensure_ascii=False))
         if sys.stderr.isatty():

@@ -21,8 +21,8 @@ model), delays with jitter, duplicates, reorders, and throttles to a bandwidth w
 a bounded queue, as ``tc netem`` would. A :class:`StreamLink` can only delay, jitter
 and throttle: a relay that dropped or reordered bytes of a TCP stream would corrupt
 it, since the kernels at both ends would never know. What it emulates instead is the
-*effect* of a lost segment on TCP: the stream stalls for about one retransmission
-timeout, and everything behind the lost bytes waits too (head-of-line blocking).
+*effect* of a lost segment on TCP: the bytes arrive late, after the retransmission
+Linux would send, and everything behind them waits too (head-of-line blocking).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import InvalidParameter
 
@@ -186,7 +186,8 @@ class Impairment:
             how = f" (Gilbert–Elliott, bursts of {self.burst:g})" if bursty else ""
             parts.append(f"loss {_pct(self.loss)}{how}")
         if self.delay or self.jitter:
-            parts.append(f"delay {self.delay * 1000:g} ms ± {self.jitter * 1000:g} ms")
+            spread = f" ± {self.jitter * 1000:g} ms" if self.jitter else ""
+            parts.append(f"delay {self.delay * 1000:g} ms{spread}")
         if self.duplicate:
             parts.append(f"duplicate {_pct(self.duplicate)}")
         if self.reorder:
@@ -396,12 +397,21 @@ class DatagramLink:
 
 
 class StreamLink:
-    """One direction of a TCP stream: delay, jitter, throttling and emulated loss stalls.
+    """One direction of a TCP stream: delay, jitter, throttling and emulated loss.
 
-    Bytes leave in the order they came, whatever the jitter: a chunk is never due
-    before the one in front of it. A chunk that would have lost a segment (probability
-    ``1 - (1 - loss) ** segments``) is held for one retransmission timeout —
-    :data:`TCP_MIN_RTO` plus a round trip — and so is everything behind it.
+    Bytes leave in the order they came, whatever the jitter: a chunk is never released
+    before the one in front of it. A chunk that would have lost one of its segments
+    (probability ``1 - (1 - loss) ** segments``) is recovered the way Linux recovers
+    (RACK-TLP, RFC 8985), and everything behind it waits (head-of-line blocking):
+
+    * if a later chunk arrives before the tail-loss probe fires, that chunk's
+      selective acknowledgement reveals the hole and the retransmission arrives about
+      three one-way delays after the later chunk was sent;
+    * otherwise the tail-loss probe does it: :data:`TCP_MIN_RTO` plus two round trips
+      after the chunk was sent (2 × SRTT + 200 ms when one segment is in flight), and
+      one more one-way delay for the retransmission to arrive.
+
+    A retransmission is never lost again (real TCP would back off exponentially).
 
     Args:
         impairment: what to do (duplication and reordering do not apply to a stream).
@@ -413,14 +423,15 @@ class StreamLink:
         self.counters = LinkCounters()
         self.pending_bytes = 0
         self._rng = rng
-        self._queue: deque[tuple[float, bytes]] = deque()
-        self._last_due = -math.inf
+        # [due, chunk]; a lost chunk's due moves earlier when a later chunk reveals it.
+        self._queue: deque[list[Any]] = deque()
+        self._unrecovered: list[list[Any]] = []
         self._link_free = -math.inf
 
     @property
-    def stall_seconds(self) -> float:
-        """How long an emulated loss holds the stream."""
-        return TCP_MIN_RTO + 2 * self.impairment.delay
+    def tail_stall(self) -> float:
+        """Extra wait of a lost chunk that nothing follows: the tail-loss probe."""
+        return TCP_MIN_RTO + 4 * self.impairment.delay
 
     def offer(self, chunk: bytes, now: float) -> None:
         """Take bytes read from the stream at ``now``."""
@@ -434,21 +445,33 @@ class StreamLink:
             self._link_free = max(now, self._link_free) + len(chunk) * 8 / imp.bandwidth
             departure = self._link_free
         due = departure + max(0.0, imp.delay + imp.jitter * (2.0 * u_delay - 1.0))
+        lost = False
         if imp.loss:
             segments = max(1, math.ceil(len(chunk) / EMULATED_MSS))
-            if u_loss < 1.0 - (1.0 - imp.loss) ** segments:
-                counters.stalls += 1
-                due += self.stall_seconds
-        due = max(due, self._last_due)  # a byte stream keeps its order
-        self._last_due = due
-        self._queue.append((due, chunk))
+            lost = u_loss < 1.0 - (1.0 - imp.loss) ** segments
+        entry: list[Any] = [due, chunk]
+        if lost:
+            counters.stalls += 1
+            entry[0] = due + self.tail_stall
+            self._unrecovered.append(entry)
+        elif self._unrecovered:
+            # This chunk's acknowledgement reveals the hole: the retransmission goes out
+            # a round trip after it was sent and arrives one one-way delay later.
+            recovered = departure + 3 * imp.delay
+            for waiting in self._unrecovered:
+                waiting[0] = min(waiting[0], recovered)
+            self._unrecovered.clear()
+        self._queue.append(entry)
         self.pending_bytes += len(chunk)
 
     def release(self, now: float) -> list[bytes]:
-        """The chunks due by ``now``, in stream order."""
+        """The chunks due by ``now``, in stream order (a chunk waits for those before it)."""
         out: list[bytes] = []
         while self._queue and self._queue[0][0] <= now:
-            _due, chunk = self._queue.popleft()
+            entry = self._queue.popleft()
+            if self._unrecovered and entry is self._unrecovered[0]:
+                self._unrecovered.pop(0)
+            chunk: bytes = entry[1]
             self.pending_bytes -= len(chunk)
             self.counters.released += 1
             self.counters.released_bytes += len(chunk)
@@ -457,7 +480,7 @@ class StreamLink:
 
     def next_due(self) -> float | None:
         """When :meth:`release` next has something; ``None`` if nothing is waiting."""
-        return self._queue[0][0] if self._queue else None
+        return float(self._queue[0][0]) if self._queue else None
 
 
 # --- settings as people type them -----------------------------------------------------

@@ -8,7 +8,12 @@ goes to stdout.
 from __future__ import annotations
 
 import json
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,11 @@ import netchat.bench.runner
 from netchat.bench.params import BenchParams
 from netchat.bench.runner import ProtoResult
 from netchat.cli import app
+from netchat.client import Client
 from netchat.impair import LossModel
+from netchat.protocol.frames import Message
+from netchat.transport.base import Proto
+from tests.conftest import ServerFactory
 
 runner = CliRunner()
 
@@ -182,3 +191,41 @@ def test_impair_says_when_it_cannot_listen() -> None:
         )
     assert result.exit_code == 1
     assert f"cannot relay 127.0.0.1:{port} -> 127.0.0.1:1" in result.output
+
+
+def test_impair_relays_a_real_chat_and_reports_at_exit(make_server: ServerFactory) -> None:
+    server = make_server(Proto.udp, max_per_address=0, rate_limit=0)
+    host, port = server.address
+    command = [
+        sys.executable, "-m", "netchat", "impair", "--proto", "udp", "--listen", "127.0.0.1:0",
+        "--upstream", f"{host}:{port}", "--dup", "100%", "--seed", "3",
+    ]  # fmt: skip
+    relay = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert relay.stderr is not None
+        first = relay.stderr.readline()  # the process prints this once it is listening
+        match = re.search(r"impairing udp 127\.0\.0\.1:(\d+) -> ", first)
+        assert match, first
+        assert "duplicate 100% (seed 3)" in first
+        relay_port = int(match.group(1))
+        with (
+            Client.connect("alice", "127.0.0.1", relay_port, Proto.udp) as alice,
+            Client.connect("bob", "127.0.0.1", relay_port, Proto.udp) as bob,
+        ):
+            alice.say("привет через плохую сеть")
+            shown = []
+            for frame in bob.events(duration=2.0):
+                if isinstance(frame, Message):
+                    shown.append((frame.sender, frame.text))
+                    break
+            time.sleep(0.3)  # a duplicate shown to bob would be queued by now
+            while (frame := bob.next_event(timeout=0.05)) is not None:
+                if isinstance(frame, Message):
+                    shown.append((frame.sender, frame.text))
+            assert shown == [("alice", "привет через плохую сеть")]
+            assert bob.stats()["duplicates"] >= 1  # every datagram came twice
+    finally:
+        relay.send_signal(signal.SIGINT)
+        _out, rest = relay.communicate(timeout=10)
+    assert relay.returncode == 0
+    assert "stopped; flows=" in rest and "duplicated=" in rest

@@ -8,6 +8,7 @@ duplicated, dropped or reordered datagram that should not be fails a test.
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -358,15 +359,50 @@ def test_a_stream_keeps_every_byte_in_order(
     assert link.pending_bytes == 0
 
 
-def test_a_lost_segment_stalls_the_stream_and_what_follows() -> None:
-    link = StreamLink(Impairment(loss=1.0, delay=0.01), link_random(1, "s", "up"))
+class Scripted(random.Random):
+    """A generator that returns the numbers it is given, to choose fates exactly."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
+LOST, KEPT, NO_JITTER = 0.0, 0.99, 0.5  # draws: loss first, then delay
+
+
+def test_a_lost_segment_is_recovered_when_a_later_one_reveals_it() -> None:
+    delay = 0.01
+    link = StreamLink(
+        Impairment(loss=0.1, delay=delay), Scripted([LOST, NO_JITTER, KEPT, NO_JITTER])
+    )
     link.offer(b"first", 0.0)
-    link.offer(b"second", 0.001)
-    stall = TCP_MIN_RTO + 2 * 0.01
-    assert link.stall_seconds == pytest.approx(stall)
-    assert link.release(0.01 + stall - 1e-6) == []
-    assert link.release(0.01 + stall) == [b"first"]
-    assert link.release(0.011 + stall) == [b"second"]
+    link.offer(b"second", 0.05)
+    recovered = 0.05 + 3 * delay  # the second one's ACK shows the hole: one RTT, then over
+    assert link.next_due() == pytest.approx(recovered)
+    assert link.release(recovered - 1e-6) == []  # "second" is due, but waits behind "first"
+    assert link.release(recovered) == [b"first", b"second"]
+    assert link.counters.stalls == 1
+
+
+def test_a_lost_segment_with_nothing_after_it_waits_for_the_tail_loss_probe() -> None:
+    delay = 0.01
+    link = StreamLink(Impairment(loss=0.1, delay=delay), Scripted([LOST, NO_JITTER]))
+    link.offer(b"last words", 1.0)
+    assert link.tail_stall == pytest.approx(TCP_MIN_RTO + 4 * delay)
+    due = 1.0 + delay + TCP_MIN_RTO + 4 * delay
+    assert link.release(due - 1e-6) == []
+    assert link.release(due) == [b"last words"]
+
+
+def test_every_chunk_lost_means_every_chunk_waits_for_a_probe() -> None:
+    link = StreamLink(Impairment(loss=1.0), link_random(1, "s", "up"))
+    link.offer(b"a", 0.0)
+    link.offer(b"b", 0.001)
+    assert link.release(0.1999) == []
+    assert link.release(0.201) == [b"a", b"b"]
     assert link.counters.stalls == 2
 
 

@@ -340,7 +340,7 @@ def _drain_seconds(params: BenchParams, proto: str) -> float:
     imp = params.impairment
     worst_path = 2 * (imp.delay + imp.jitter) + imp.reorder_hold
     if _is_stream(proto) and imp.loss:
-        worst_path += 2 * (TCP_MIN_RTO + 2 * imp.delay)
+        worst_path += TCP_MIN_RTO + 4 * imp.delay  # a tail-loss probe
     return 1.0 + 2 * worst_path + params.slow_delay * (params.slow > 0)
 
 
@@ -518,9 +518,11 @@ def _fill(
     if _is_stream(row.proto) and not imp.is_null:
         if imp.loss:
             row.notes.append(
-                "a userspace relay cannot drop TCP segments; each lost segment is"
-                f" emulated as a {1000 * (TCP_MIN_RTO + 2 * imp.delay):.0f} ms stall of the"
-                " stream (a retransmission timeout), holding everything behind it"
+                "a userspace relay cannot drop TCP segments: each lost segment is emulated"
+                " as Linux recovers it, its bytes (and all behind them) arriving after the"
+                " retransmission: about 3 one-way delays after a later segment reveals the"
+                f" hole, else after a {1000 * (TCP_MIN_RTO + 4 * imp.delay):.0f} ms"
+                " tail-loss probe"
             )
         if imp.duplicate or imp.reorder:
             row.notes.append("duplication and reordering do not apply to a byte stream")
