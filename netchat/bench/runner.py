@@ -27,6 +27,7 @@ starts is ended before the next row begins, by its own id.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import queue
@@ -160,6 +161,13 @@ def find_local_server(port: int, stream: bool) -> int | None:
                     if os.readlink(fd) in wanted:
                         return int(proc.name)
     return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def tcp_header_bytes() -> int:
@@ -344,6 +352,14 @@ def _drain_seconds(params: BenchParams, proto: str) -> float:
     return 1.0 + 2 * worst_path + params.slow_delay * (params.slow > 0)
 
 
+def _settle_seconds(params: BenchParams) -> float:
+    """How long to keep counting after the last delivery when copies may still come."""
+    imp = params.impairment
+    if not imp.duplicate:
+        return 0.0
+    return 2 * (imp.delay + imp.jitter) + imp.reorder_hold + 0.1
+
+
 def _hard_limit(params: BenchParams, drain: float) -> float:
     sending = params.messages / params.rate if params.rate else 0.0
     slow_work = params.slow_delay * params.senders * params.messages if params.slow else 0.0
@@ -396,6 +412,7 @@ def run_proto(
             "slow": params.slow,
             "slow_delay": params.slow_delay,
             "drain": drain,
+            "settle": _settle_seconds(params),
             "hard_limit": _hard_limit(params, drain),
             "impairment": impairment_to_json(params.impairment),
         }
@@ -407,9 +424,10 @@ def run_proto(
         else:
             if params.target is not None:
                 upstream = params.target
-                server_pid = find_local_server(upstream[1], _is_stream(proto))
+                if _is_loopback(upstream[0]):
+                    server_pid = find_local_server(upstream[1], _is_stream(proto))
                 if server_pid is None:
-                    row.notes.append("server CPU not measured: no local process found for --target")
+                    row.notes.append("server CPU not measured: --target is not a process here")
             else:
                 server = ServerProcess(proto, params, logdir)
                 upstream, server_pid = server.address, server.proc.pid

@@ -379,6 +379,7 @@ def _measure(
 ) -> dict[str, Any]:
     senders_count = int(spec["senders"])
     drain, hard_limit = float(spec["drain"]), float(spec["hard_limit"])
+    settle = float(spec.get("settle", 0.0))
     for gate in gates:
         gate.arm()
     gates_before = [gate.counters() for gate in gates]
@@ -401,7 +402,10 @@ def _measure(
             continue
         refused = sum(m.refused for m in members[:senders_count])
         due = (sum(senders.sent) - refused) * (len(members) - 1)
-        if delivered >= due or now - last_change >= drain or now - begun >= hard_limit:
+        # Everything arrived (and, when copies are injected, the late copies too), or
+        # nothing has for the drain time, or the run took too long.
+        complete = delivered >= due and now - last_change >= settle
+        if complete or now - last_change >= drain or now - begun >= hard_limit:
             break
     cpu = time.process_time() - cpu_before
     transport_after = _transport_totals(members)
