@@ -229,3 +229,17 @@ def test_impair_relays_a_real_chat_and_reports_at_exit(make_server: ServerFactor
         _out, rest = relay.communicate(timeout=10)
     assert relay.returncode == 0
     assert "stopped; flows=" in rest and "duplicated=" in rest
+
+
+def test_plot_draws_a_png_when_matplotlib_is_there(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from netchat.bench.report import write_plot
+
+    rows = [
+        ProtoResult("tcp", expected=20, delivered=20, cdf_ms=[1.0 + i / 10 for i in range(101)]),
+        ProtoResult("udp", expected=20, delivered=17, lost=3, duplicates=1, cdf_ms=[2.0] * 101),
+        ProtoResult("peer", error="could not run"),
+    ]
+    out = tmp_path / "bench.png"
+    write_plot(out, rows, "test")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
