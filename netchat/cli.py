@@ -586,3 +586,9 @@ def _require_name(name: str | None, pipe: bool) -> str:
 def main() -> None:
     """Entry point of the ``netchat`` script."""
     app()
+
+
+# `netchat bench` and `netchat impair` (issue 8) live in their own module.
+from .cli_bench import register as _register_bench_commands  # noqa: E402
+
+_register_bench_commands(app)

@@ -103,3 +103,11 @@ class Rejected(NetchatError):
         super().__init__(message)
         self.code = code
         self.suggestion = suggestion
+
+
+class InvalidParameter(NetchatError, ValueError):
+    """A setting that is malformed or out of range (a loss rate of 150 %, a port of -1)."""
+
+
+class BenchError(NetchatError):
+    """A benchmark step could not be set up or measured; the message says why."""

@@ -64,9 +64,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from .errors import CommandError, ConnectError, ConnectionClosed, Rejected, RemoteProtocolError
 from .events import call_handler
+from .impair import DatagramFilter
 from .protocol import datagram as dg
 from .protocol.commands import HELP_TEXT, parse_input, split_command
 from .protocol.frames import (
@@ -171,6 +173,9 @@ class Peer:
         broadcast: use broadcast instead of multicast.
         ttl: multicast hops (1: the local network only).
         heartbeat_interval: seconds between presence announcements.
+        impairment: a :class:`~netchat.impair.DatagramFilter` every received datagram
+            passes through first (``netchat bench`` uses it to drop, delay, duplicate
+            and reorder what a peer hears); ``None`` takes datagrams as they come.
     """
 
     def __init__(
@@ -186,6 +191,7 @@ class Peer:
         reorder_window: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        impairment: DatagramFilter | None = None,
     ) -> None:
         self._name = normalize_name(name)
         self.group = group
@@ -217,6 +223,7 @@ class Peer:
         self._ended = threading.Event()
         self._finishing = False
         self._counters: Counter[str] = Counter()
+        self._impairment = impairment
 
     # --- ChatEndpoint ----------------------------------------------------------------
 
@@ -544,6 +551,8 @@ class Peer:
     def _wait_time(self) -> float:
         now = self._clock()
         moments = [self._next_presence]
+        if self._impairment is not None and (due := self._impairment.next_due()) is not None:
+            moments.append(due)
         with self._lock:
             for known in self._known.values():
                 deadline = known.tracker.deadline()
@@ -557,7 +566,10 @@ class Peer:
                 data, source = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
             except (BlockingIOError, InterruptedError):
                 return
-            self.receive_datagram(data, source[:2], self._clock())
+            if self._impairment is not None:  # it hands the datagram back when due
+                self._impairment.offer(data, self._clock(), source[:2])
+            else:
+                self.receive_datagram(data, source[:2], self._clock())
 
     def _on_datagram(self, data: bytes, source: Address, now: float) -> None:
         datagram = dg.decode_datagram(data)
@@ -789,6 +801,9 @@ class Peer:
         self._refresh_names()
 
     def _tick(self, now: float) -> None:
+        if self._impairment is not None:
+            for data, source in self._impairment.release_tagged(now):
+                self.receive_datagram(data, cast(Address, source), now)
         if now >= self._next_presence:
             self._announce()
         expiry = NEWCOMER_EXPIRY * self.heartbeat_interval
