@@ -323,11 +323,20 @@ def server(
             help="Most connections per IP (0 = no cap).",
         ),
     ] = 64,
-    max_queue: Annotated[
+    max_pending: Annotated[
         int,
         typer.Option(
             show_default=True,
             parser=whole_number(1),
+            metavar="N",
+            help="Connections that have not joined yet before the oldest is let go.",
+        ),
+    ] = 128,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            show_default=True,
+            parser=whole_number(65536),
             metavar="BYTES",
             help="Outbound bytes queued per user before dropping it.",
         ),
@@ -368,6 +377,29 @@ def server(
             help="Seconds of silence before a ping.",
         ),
     ] = 30.0,
+    line_gap: Annotated[
+        float,
+        typer.Option(
+            show_default=True,
+            parser=decimal_number(0.01, " s"),
+            metavar="SECONDS",
+            help="TCP: quiet that ends a line for clients that never send a newline.",
+        ),
+    ] = 0.15,
+    accept_plain: Annotated[
+        bool,
+        typer.Option(
+            "--accept-plain",
+            help="UDP: let the lab's plain 'NAME: text' datagram clients join (LAN addresses only).",
+        ),
+    ] = False,
+    accept_plain_anywhere: Annotated[
+        bool,
+        typer.Option(
+            "--accept-plain-anywhere",
+            help="UDP: take plain clients from any address (a spoofed source could aim the chat at a victim).",
+        ),
+    ] = False,
     motd: Annotated[
         str,
         typer.Option(metavar="TEXT", help="Message of the day, shown to each joining user."),
@@ -391,13 +423,23 @@ def server(
         port=port,
         max_clients=max_clients,
         max_per_address=max_per_address,
+        max_pending=max_pending,
         max_queue=max_queue,
         rate_limit=rate_limit,
         burst=burst,
         registration_timeout=registration_timeout,
         ping_interval=ping_interval,
+        line_gap=line_gap,
+        accept_plain=accept_plain or accept_plain_anywhere,
+        accept_plain_anywhere=accept_plain_anywhere,
         motd=motd,
     )
+    if (accept_plain or accept_plain_anywhere) and is_stream(chosen):
+        raise typer.BadParameter(
+            "plain datagram clients are a UDP matter: TCP takes plain clients (nc, lab"
+            " programs) always; add --proto udp",
+            param_hint="'--accept-plain'",
+        )
     raise_fd_limit()
     try:
         chat_server = Server(config, chosen, event_log=event_log)

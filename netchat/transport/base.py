@@ -62,6 +62,10 @@ class ServerConfig:
     ping_interval: float = 30.0
     #: seconds of quiet that end a line for a plain client that never sends newlines
     line_gap: float = 0.15
+    #: UDP: take the lab's plain text datagram clients (from LAN addresses only) …
+    accept_plain: bool = False
+    #: … or from any address (a spoofed source could aim the chat at a victim)
+    accept_plain_anywhere: bool = False
     server_name: str = "netchat"
     motd: str = ""
 

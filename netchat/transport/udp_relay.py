@@ -8,6 +8,17 @@ stateless cookie, see :mod:`netchat.protocol.datagram`). Until then a source get
 nothing bigger than what it sent, never chat traffic, and creates no state: its
 replies are rate-limited in a fixed-size table.
 
+With ``accept_plain`` the relay also takes the lab's own UDP clients, which send
+``NAME: text`` as plain UTF-8 datagrams and print whatever comes back: a plain
+datagram from a new source makes it a member at once (named from the prefix, or
+``guestN``), and it gets the chat as readable lines, one datagram each. That skips
+the cookie, so a spoofed source could aim the chat at a victim: plain members are
+only taken from loopback, private and link-local addresses unless
+``accept_plain_anywhere`` widens it, they are rate-limited like everyone, and they
+expire after :data:`PLAIN_SILENCE` seconds without a word. Without the option a
+plain datagram gets at most a short hint (never bigger than itself) and the log
+says once how to let such clients in.
+
 A validated member is a :class:`~netchat.session.ServerSession` (the same one TCP
 uses, in its datagram policy) plus the datagram layer's state: the address, the
 replay window for its sequence numbers and the next number of ours. The relay
@@ -27,6 +38,8 @@ lost) instead of stalling the relay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import socket
 import threading
@@ -54,6 +67,10 @@ DEFAULT_HEARTBEAT = 5.0
 MISSED_HEARTBEATS = 3
 #: Most datagrams taken off the socket before the members are flushed.
 RECEIVE_BATCH = 64
+#: Seconds a plain member may stay silent (it sends no heartbeats: only its lines).
+PLAIN_SILENCE = 600.0
+#: What a plain datagram gets back when plain clients are not accepted.
+PLAIN_HINT = b"! netchat: plain clients are off (--accept-plain)\n"
 #: Payload room in one DATA datagram, and its header.
 _ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
 _DATA_HEADER = dg.HEADERS[dg.Kind.DATA]
@@ -62,6 +79,18 @@ _DATA_HEADER = dg.HEADERS[dg.Kind.DATA]
 def format_address(address: Address) -> str:
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def plain_source_allowed(host: str, *, anywhere: bool) -> bool:
+    """Whether a plain client at ``host`` may join: loopback, private and link-local
+    addresses (a classroom's LAN), or any with ``anywhere``."""
+    if anywhere:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 class UdpMember:
@@ -73,18 +102,21 @@ class UdpMember:
         "name",
         "needs_accept",
         "next_seq",
+        "plain",
         "pong",
         "replay",
         "session",
     )
 
-    def __init__(self, address: Address, session: ServerSession) -> None:
+    def __init__(self, address: Address, session: ServerSession, *, plain: bool = False) -> None:
         self.address = address
         self.session = session
+        #: a lab client speaking plain text datagrams, not netchat's datagram layer
+        self.plain = plain
         self.name = session.member.name if session.member is not None else ""
         self.next_seq = 1
         self.replay = dg.ReplayWindow()
-        self.needs_accept = True
+        self.needs_accept = not plain
         self.pong: int | None = None  # the nonce of a PING to answer
         self.bye_sent = False
 
@@ -132,7 +164,11 @@ class UdpRelayServer:
             ping_interval=None,  # clients send heartbeats; silence is what counts
             silence_timeout=MISSED_HEARTBEATS * self.heartbeat_interval,
         )
+        self.plain_policy = dataclasses.replace(
+            self.policy, silence_timeout=PLAIN_SILENCE, plain_first_line="message"
+        )
         self.admission = Admission(config.max_clients, config.max_per_address, config.max_pending)
+        self._plain_knock_logged = False
         self._clock = clock
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -252,6 +288,9 @@ class UdpRelayServer:
         self.counters["datagrams_in"] += 1
         self.counters["bytes_in"] += len(data)
         member = self._members.get(address)
+        if member is not None and member.plain:
+            self._from_plain_member(member, data, now)
+            return
         try:
             datagram = dg.decode_datagram(data)
         except RemoteProtocolError as exc:
@@ -259,7 +298,9 @@ class UdpRelayServer:
             if member is not None and exc.code == "too-large":
                 member.session.heard(now)
                 member.session.refuse(Error("too-large", str(exc)))
-            elif exc.code != "magic":  # not netchat at all: not ours to answer
+            elif exc.code == "magic" and member is None:
+                self._plain_knock(data, address, now)
+            elif exc.code != "magic":
                 self._notice(address, exc.code, len(data), now)
             return
         if member is None:
@@ -267,6 +308,68 @@ class UdpRelayServer:
         else:
             member.session.heard(now)
             self._from_member(member, datagram, now)
+
+    # --- plain clients (the lab's own UDP programs) --------------------------------------
+
+    def _plain_knock(self, data: bytes, address: Address, now: float) -> None:
+        """A datagram that is not netchat, from a source that is not a member."""
+        if self.config.accept_plain and plain_source_allowed(
+            address[0], anywhere=self.config.accept_plain_anywhere
+        ):
+            self._join_plain(data, address, now)
+            return
+        self.counters["plain_refused"] += 1
+        if not self._plain_knock_logged:
+            self._plain_knock_logged = True
+            why = (
+                "start the server with --accept-plain to let them in"
+                if not self.config.accept_plain
+                else f"{address[0]} is not a local address; --accept-plain-anywhere takes any"
+            )
+            log.warning("plain UDP clients are knocking (first from %s): %s", address[0], why)
+        self._reply_stateless(address, PLAIN_HINT, len(data), now)
+
+    def _join_plain(self, data: bytes, address: Address, now: float) -> None:
+        try:
+            ticket = self.admission.admit(address[0])
+        except Rejected as exc:
+            self.counters["rejects"] += 1
+            self._reply_stateless(address, f"! {exc}\n".encode(), len(data), now)
+            return
+        session = ServerSession(
+            self.hub,
+            self.plain_policy,
+            peer=format_address(address),
+            now=now,
+            admission=(self.admission, ticket),
+        )
+        member = UdpMember(address, session, plain=True)
+        self._members[address] = member
+        self.counters["plain_joins"] += 1
+        self._from_plain_member(member, data, now)
+        if session.member is None:  # nothing it said could make it a member
+            self._end(member)
+        else:
+            member.name = session.member.name
+
+    def _from_plain_member(self, member: UdpMember, data: bytes, now: float) -> None:
+        for line in data.splitlines() or [b""]:
+            member.session.receive_unit(line, now)
+
+    def _flush_plain(self, member: UdpMember) -> tuple[int, int]:
+        """A plain member's lines, one datagram each; the datagrams and bytes sent."""
+        session = member.session
+        data = session.data_to_send()
+        sent = sent_bytes = 0
+        for line in data.splitlines():
+            for start in range(0, max(len(line), 1), MAX_DATAGRAM_BYTES - 1):
+                datagram = line[start : start + MAX_DATAGRAM_BYTES - 1] + b"\n"
+                if self._send_counted(datagram, member.address):
+                    sent += 1
+                    sent_bytes += len(datagram)
+        if session.abort or session.phase is not Phase.JOINED:
+            self._end(member)
+        return sent, sent_bytes
 
     def _reply_stateless(self, address: Address, reply: bytes, received: int, now: float) -> None:
         """Send ``reply`` to an unvalidated source: never larger than what it sent us,
@@ -371,6 +474,12 @@ class UdpRelayServer:
         datagrams_out = bytes_out = units_out = 0
         for member in list(self._members.values()):
             session = member.session
+            if member.plain:
+                if session.has_output() or session.phase is not Phase.JOINED:
+                    sent, sent_bytes = self._flush_plain(member)
+                    datagrams_out += sent
+                    bytes_out += sent_bytes
+                continue
             if member.needs_accept or member.pong is not None or session.phase is not Phase.JOINED:
                 sent, sent_bytes, units = self._flush_member(member)
                 datagrams_out += sent
