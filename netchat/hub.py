@@ -344,8 +344,11 @@ class Hub:
             if text:
                 seq, ts = self._stamp_locked()
                 action = isinstance(frame, Act)
-                self._broadcast_locked(Message(member.name, text, ts, seq, action))
-                self._emit("message", sender=member.name, text=text, action=action, ts=ts, seq=seq)
+                self._broadcast_locked(Message(member.name, text, ts, seq, action), ts)
+                if self._record is not None:  # the hot path: no record to build otherwise
+                    self._emit(
+                        "message", sender=member.name, text=text, action=action, ts=ts, seq=seq
+                    )
             return error
         if isinstance(frame, Private):
             return self._private_locked(member, frame)
@@ -467,11 +470,11 @@ class Hub:
     def _send_locked(self, member: Member, frame: Frame) -> None:
         self._log.patch(member.cursor, Outbound(frame, self._clock()))
 
-    def _broadcast_locked(self, frame: Frame) -> None:
+    def _broadcast_locked(self, frame: Frame, at: float | None = None) -> None:
         # Whoever is about to be heard from must have been announced first.
         if self._gathered_since is not None:
             self._announce_gathered_locked()
-        self._log.broadcast(Outbound(frame, self._clock()))
+        self._log.broadcast(Outbound(frame, self._clock() if at is None else at))
 
     # --- presence storms --------------------------------------------------------------
 

@@ -457,6 +457,8 @@ class ServerSession:
         A datagram client's excess is dropped in :meth:`_handle_line` instead."""
         if not self.policy.stream or self.paused_until is not None:
             return self.paused_until is None
+        if self._bucket.unlimited:
+            return True
         wait = self._bucket.wait_time()
         if wait > 0:
             self.paused_until = self._now + wait
@@ -465,27 +467,26 @@ class ServerSession:
 
     def _handle_buffered_lines(self) -> None:
         lines = self._lines
-        while (
-            self.phase in (Phase.REGISTERING, Phase.JOINED)
-            and lines.has_line()
-            and self._may_take_line()
-        ):
+        # Without a rate limit there is no token to wait for: skip asking, per line.
+        limited = not self._bucket.unlimited
+        while self.phase in (Phase.REGISTERING, Phase.JOINED):
+            if limited and lines.has_line() and not self._may_take_line():
+                return
             try:
-                line = self._lines.next_line()
+                line = lines.next_line()
             except FrameTooLarge:
-                self._error(
-                    Error("too-large", f"line dropped: longer than {self._lines.max_line} bytes")
-                )
+                self._error(Error("too-large", f"line dropped: longer than {lines.max_line} bytes"))
                 continue
             if line is None:
                 return
             self._handle_line(line)
 
     def _handle_line(self, line: bytes) -> None:
-        if not line.strip():
+        if not line or line.isspace():
             return
         self._lines_seen += 1
-        if not self._bucket.try_take():  # only datagrams get here without a token
+        bucket = self._bucket
+        if not bucket.unlimited and not bucket.try_take():  # only datagrams get here
             self.counters["rate_limited"] += 1
             limit = f"{self.policy.rate_limit:g}"
             self._error(
@@ -504,7 +505,12 @@ class ServerSession:
         elif self.mode is Mode.STRUCTURED:
             self._chat_structured(line)
         else:
-            self._chat_plain(line)
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                self._decode_plain(line)  # says why
+                return
+            self._chat_plain_text(text)
 
     def _decide_mode(self, line: bytes) -> None:
         self.mode = Mode.PLAIN
@@ -600,23 +606,20 @@ class ServerSession:
             return
         self._request(frame)
 
-    def _chat_plain(self, line: bytes) -> None:
-        text = self._decode_plain(line)
-        if text is not None:
-            self._chat_plain_text(text)
-
     def _chat_plain_text(self, text: str) -> None:
         member = self.member
-        if member is not None and text.startswith(f"{member.name}: "):
-            text = text[len(member.name) + 2 :]  # a lab client names itself every time
-        elif self._name_prefix and text.startswith(self._name_prefix):
-            text = text[len(self._name_prefix) :]
-        if not text.strip():
+        if ": " in text:  # a lab client names itself every time
+            if member is not None and text.startswith(member.name + ": "):
+                text = text[len(member.name) + 2 :]
+            elif self._name_prefix and text.startswith(self._name_prefix):
+                text = text[len(self._name_prefix) :]
+        if not text or text.isspace():
             return
-        command = split_command(text)
-        if command is not None and command[0] == "stats":
-            self._send(Info(self._stats_text()))
-            return
+        if text[0] == "/":
+            command = split_command(text)
+            if command is not None and command[0] == "stats":
+                self._send(Info(self._stats_text()))
+                return
         try:
             frame = parse_input(text)
         except CommandError as exc:

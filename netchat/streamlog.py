@@ -170,7 +170,10 @@ class StreamLog:
                 if position >= end or cursor not in self._cursors:
                     return b""
                 cursor.offset = end
-                owed = bytes(data[position - base : end - base])
+                # One copy, straight from the stream (a slice of the bytearray would be
+                # a second one); the view is gone before the stream can be resized.
+                with memoryview(data) as view:
+                    owed = view[position - base : end - base].tobytes()
             else:
                 if cursor not in self._cursors:
                     return b""
