@@ -194,6 +194,10 @@ class Hub:
         """Everything ``member`` is owed, in order, in its wire format."""
         return self._log.take(member.cursor)
 
+    def take_many(self, members: list[Member]) -> list[bytes]:
+        """:meth:`take` for many members at once (one lock, shared slices)."""
+        return self._log.take_many([member.cursor for member in members])
+
     def taker(self) -> Callable[[Cursor], bytes]:
         """:meth:`take` for the hot path: called with a member's ``cursor``, it saves
         two calls per member per flush."""

@@ -75,6 +75,7 @@ __all__ = [
     "SessionJoined",
     "SessionPolicy",
     "WantsClose",
+    "data_to_send_many",
 ]
 
 
@@ -216,6 +217,30 @@ class ErrorDigest:
 
     def next_deadline(self) -> float | None:
         return min((since + self.window for since, _ in self._open.values()), default=None)
+
+
+def data_to_send_many(sessions: list[ServerSession]) -> list[bytes]:
+    """:meth:`ServerSession.data_to_send` of many sessions of one hub at once.
+
+    A transport that flushes everyone after a broadcast calls this instead of asking
+    each session in turn: the members' slices are taken under one lock and shared
+    between members that were at the same place in the stream.
+    """
+    out: list[bytes] = []
+    streaming: list[tuple[int, ServerSession, Member]] = []
+    for index, session in enumerate(sessions):
+        member = session.streaming_member()
+        if member is None:
+            out.append(session.data_to_send())
+        else:
+            streaming.append((index, session, member))
+            out.append(b"")
+    if streaming:
+        hub = streaming[0][1].hub
+        owed = hub.take_many([member for _, _, member in streaming])
+        for (index, session, _), data in zip(streaming, owed, strict=True):
+            out[index] = session.took(data)
+    return out
 
 
 class ServerSession:
@@ -430,6 +455,25 @@ class ServerSession:
         data = b"".join(parts)
         self._bytes_out += len(data)
         return data
+
+    def streaming_member(self) -> Member | None:
+        """The member, when all this session owes is its member's slice of the stream
+        (nothing of its own queued, not dropped): what :func:`data_to_send_many` takes
+        in bulk. ``None`` otherwise."""
+        member = self.member
+        if member is None or self._before or self._after or self.abort:
+            return None
+        return member
+
+    def took(self, owed: bytes) -> bytes:
+        """Account for ``owed``, taken in bulk for :meth:`streaming_member`; what to
+        send (nothing if that much makes the member too slow: it is dropped)."""
+        member = self.member
+        if len(owed) > self._max_queue and member is not None and member.present:
+            self._drop_too_slow(member)
+            return b""
+        self._bytes_out += len(owed)
+        return owed
 
     def has_output(self) -> bool:
         """A cheap hint that :meth:`data_to_send` would return something."""

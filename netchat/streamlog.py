@@ -162,37 +162,62 @@ class StreamLog:
     def take(self, cursor: Cursor) -> bytes:
         """Everything ``cursor`` is owed, in order; it is then no longer owed it."""
         with self._lock:
+            owed = self._take_locked(cursor, None)
             stream = cursor.stream
-            data, base = stream.data, stream.base
-            end = cursor.stop if cursor.stop is not None else base + len(data)
-            position = cursor.offset
-            if not cursor.patches:  # the common case: one slice of the stream
-                if position >= end or cursor not in self._cursors:
-                    return b""
-                cursor.offset = end
-                # One copy, straight from the stream (a slice of the bytearray would be
-                # a second one); the view is gone before the stream can be resized.
-                with memoryview(data) as view:
-                    owed = view[position - base : end - base].tobytes()
-            else:
-                if cursor not in self._cursors:
-                    return b""
-                parts: list[bytes | bytearray] = []
-                while cursor.patches:
-                    at, patch = cursor.patches.popleft()
-                    if at > position:
-                        parts.append(data[position - base : at - base])
-                        position = at
-                    parts.append(patch)
-                if end > position:
-                    parts.append(data[position - base : end - base])
-                cursor.offset = end
-                owed = b"".join(parts)
-            if cursor.stop is not None:
-                self._cursors.discard(cursor)  # drained after leaving: owed nothing more
-            if len(data) >= stream.next_trim:
+            if len(stream.data) >= stream.next_trim:
                 self._trim_locked(stream)
             return owed
+
+    def take_many(self, cursors: list[Cursor]) -> list[bytes]:
+        """:meth:`take` for many cursors under one lock.
+
+        After a broadcast nearly every member is owed the same slice (they had all
+        read up to the same place), so cursors at the same place share one bytes
+        object: one copy for everyone instead of one per member.
+        """
+        shared: dict[tuple[int, int], bytes] = {}
+        with self._lock:
+            owed = [self._take_locked(cursor, shared) for cursor in cursors]
+            for stream in (self._text, self._json):
+                if len(stream.data) >= stream.next_trim:
+                    self._trim_locked(stream)
+        return owed
+
+    def _take_locked(self, cursor: Cursor, shared: dict[tuple[int, int], bytes] | None) -> bytes:
+        stream = cursor.stream
+        data, base = stream.data, stream.base
+        end = cursor.stop if cursor.stop is not None else base + len(data)
+        position = cursor.offset
+        if not cursor.patches:  # the common case: one slice of the stream
+            if position >= end or cursor not in self._cursors:
+                return b""
+            cursor.offset = end
+            key = (position, end) if stream is self._text else (-position - 1, end)
+            owed = shared.get(key) if shared is not None else None
+            if owed is None:
+                # One copy, straight from the stream (a slice of the bytearray would
+                # be a second one); the view is gone before the stream can be resized.
+                with memoryview(data) as view:
+                    owed = view[position - base : end - base].tobytes()
+                if shared is not None:
+                    shared[key] = owed
+        else:
+            if cursor not in self._cursors:
+                return b""
+            parts: list[bytes | bytearray] = []
+            while cursor.patches:
+                at, patch = cursor.patches.popleft()
+                if at > position:
+                    parts.append(data[position - base : at - base])
+                    position = at
+                parts.append(patch)
+            if end > position:
+                parts.append(data[position - base : end - base])
+            cursor.offset = end
+            owed = b"".join(parts)
+        if cursor.stop is not None:
+            self._cursors.discard(cursor)  # drained after leaving: owed nothing more
+        return owed
 
     def close(self, cursor: Cursor) -> None:
         """Forget ``cursor`` entirely (its connection is gone); idempotent."""

@@ -105,13 +105,13 @@ def _checker(expected: Any) -> typing.Callable[[object], bool]:
         return lambda value: isinstance(value, bool)
     if expected is int:
         # bool is a subclass of int in Python but not a number on the wire.
-        return lambda value: value.__class__ is int or (
-            isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: (
+            value.__class__ is int or (isinstance(value, int) and not isinstance(value, bool))
         )
     if expected is float:
         # The common case (a finite float from our own clock) answers at once.
-        return lambda value: (value.__class__ is float and math.isfinite(value)) or _check_type(
-            value, float
+        return lambda value: (
+            (value.__class__ is float and math.isfinite(value)) or _check_type(value, float)
         )
     return lambda value: _check_type(value, expected)
 

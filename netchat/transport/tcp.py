@@ -47,7 +47,7 @@ from ..errors import Rejected
 from ..hub import Hub
 from ..protocol.frames import Error
 from ..protocol.render import render_text
-from ..session import Phase, ServerSession, SessionPolicy
+from ..session import Phase, ServerSession, SessionPolicy, data_to_send_many
 from .base import ServerConfig
 
 log = logging.getLogger("netchat.tcp")
@@ -213,6 +213,29 @@ class TcpConnection:
                 break
         if self.session.abort:
             self.abort()
+
+    def hold(self) -> bool:
+        """Take the send lock without waiting, for a flush pass (see :meth:`flush`);
+        False if another thread is sending (it looks again when it lets go)."""
+        lock = self._send_lock
+        if not lock.acquire(blocking=False):
+            self._missed = True
+            if not lock.acquire(blocking=False):
+                return False
+        self._missed = False
+        return True
+
+    def send_held(self, data: bytes) -> None:
+        """Send ``data`` now (the send lock held, nothing unsent before it)."""
+        if not self._unsent:
+            self._send(data)
+        else:  # pragma: no cover - a connection with unsent bytes is stalled, not held
+            self._unsent += data
+
+    def release_hold(self) -> None:
+        self._send_lock.release()
+        if self._missed and not self.stalled:
+            self.flush()
 
     def _send(self, data: bytes) -> bool:
         """Send without blocking (the send lock held); False if the client's buffer
@@ -419,6 +442,10 @@ class TcpServer:
         # our last pass must not be left for nobody.
         while self._flush_requested and self._flush_lock.acquire(blocking=False):
             try:
+                # Let the threads already woken by other messages (a burst arrives on
+                # several connections at once) add them first: one pass then carries
+                # them all, one send per member instead of one per message.
+                time.sleep(0)
                 while self._flush_requested:
                     self._flush_requested = False
                     self._flush_pass()
@@ -438,14 +465,22 @@ class TcpServer:
         else:
             dirty = self.dirty
             candidates = [dirty.popleft() for _ in range(len(dirty))]
+        held: list[TcpConnection] = []
         for connection in candidates:
             if connection.stalled:
                 if not connection.session.check_backlog():  # too slow: dropped
                     connection.abort()
                     self._flush_requested = True  # its departure notice
-                continue
-            connection.flush()  # taking nothing costs about what asking would
+            elif connection.hold():
+                held.append(connection)
+        # One take for everyone held: a broadcast is one slice shared by all members.
+        owed = data_to_send_many([c.session for c in held])
+        for connection, data in zip(held, owed, strict=True):
+            if data:
+                connection.send_held(data)
+            connection.release_hold()
             if connection.session.abort:
+                connection.abort()
                 self._flush_requested = True  # its departure notice
 
     # --- accepting -------------------------------------------------------------------------
