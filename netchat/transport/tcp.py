@@ -123,6 +123,11 @@ class TcpConnection:
                 quiet = exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
                 session.connection_lost("" if quiet else (exc.strerror or str(exc)).lower())
                 return
+            if not data and _was_reset(sock):
+                # A reset can read as an end of input (Linux returns 0 once the socket
+                # is closed): that is a lost connection, not a goodbye.
+                session.connection_lost("")
+                return
             # Joins and closes need nothing from here: the loop follows the phase.
             now = time.monotonic()
             session.receive_data(data, now)
@@ -596,6 +601,21 @@ class TcpServer:
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None
+
+
+_TCP_CLOSE = 7  # tcpi_state after a reset; an orderly end leaves CLOSE_WAIT (8)
+
+
+def _was_reset(sock: socket.socket) -> bool:
+    """Whether a connection whose recv() just returned nothing was reset, not closed."""
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET:
+            return True
+        if hasattr(socket, "TCP_INFO"):
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+    except OSError:
+        return False
+    return False
 
 
 def _reserve_descriptor() -> int | None:
