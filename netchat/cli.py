@@ -181,6 +181,38 @@ PipeOption = Annotated[
 ]
 
 
+def _check_password(value: str | None) -> str | None:
+    """An empty password means none; an unusable one is refused (without echoing it)."""
+    if not value:
+        return None
+    from .errors import LocalProtocolError
+    from .protocol.seal import normalize_password
+
+    try:
+        normalize_password(value)
+    except LocalProtocolError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+PasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        "--password",
+        envvar="NETCHAT_PASSWORD",
+        show_envvar=True,
+        show_default=False,
+        metavar="SECRET",
+        callback=_check_password,
+        help=(
+            "The chat's password: only those who know it can read or write the chat."
+            " Prefer the environment variable: a command line is visible to every user"
+            " of this machine (ps)."
+        ),
+    ),
+]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"netchat {__version__}")
@@ -408,6 +440,7 @@ def server(
         Path | None,
         typer.Option(metavar="FILE", help="Append every chat event to this JSON-lines file."),
     ] = None,
+    password: PasswordOption = None,
     log_level: LogLevelOption = None,
 ) -> None:
     """Run a chat server."""
@@ -433,6 +466,7 @@ def server(
         accept_plain=accept_plain or accept_plain_anywhere,
         accept_plain_anywhere=accept_plain_anywhere,
         motd=motd,
+        password=password or "",
     )
     if (accept_plain or accept_plain_anywhere) and is_stream(chosen):
         raise typer.BadParameter(
@@ -456,7 +490,21 @@ def server(
     addresses = lan_addresses() if _is_wildcard(bound_host) else []
     for line in join_instructions(chosen, bound_host, bound_port, addresses):
         typer.echo(f"netchat: {line}", err=True)
+    for line in password_notes(chosen) if password else []:
+        typer.echo(f"netchat: {line}", err=True)
     chat_server.serve_forever()
+
+
+def password_notes(proto: Proto) -> list[str]:
+    """What a server with a password tells its operator: how others give it, and (TCP)
+    what it does not protect."""
+    notes = ["this chat needs a password: others give it with NETCHAT_PASSWORD or --password"]
+    if is_stream(proto):
+        notes.append(
+            "over TCP the password and the chat cross the network in clear: it keeps"
+            " strangers out, not eavesdroppers (--proto udp seals everything)"
+        )
+    return notes
 
 
 # --- client and peer ---------------------------------------------------------------------
@@ -487,6 +535,7 @@ def client(
             ),
         ),
     ] = False,
+    password: PasswordOption = None,
     no_color: NoColorOption = False,
     pipe: PipeOption = False,
 ) -> None:
@@ -501,11 +550,17 @@ def client(
             "plain-line mode does not reconnect; leave out --reconnect or --plain",
             param_hint="'--reconnect'",
         )
+    if plain and password:
+        raise typer.BadParameter(
+            "plain-line mode is for servers that are not netchat, which cannot check a"
+            " password; leave out --plain or the password (--password, NETCHAT_PASSWORD)",
+            param_hint="'--password'",
+        )
     _setup_logging(options.log_level or "WARNING")
     name = _require_name(name, pipe)
 
     def make(who: str) -> ChatEndpoint:
-        return Client(who, host, port, chosen, reconnect=reconnect, plain=plain)
+        return Client(who, host, port, chosen, reconnect=reconnect, plain=plain, password=password)
 
     code = run_console(make(name), pipe=pipe, color=color_allowed(no_color), renamed=make)
     raise typer.Exit(code)
@@ -554,6 +609,7 @@ def peer(
             help="Multicast hops (1 = this LAN only).",
         ),
     ] = 1,
+    password: PasswordOption = None,
     no_color: NoColorOption = False,
     pipe: PipeOption = False,
 ) -> None:
@@ -592,6 +648,7 @@ def peer(
             interface=address,
             broadcast=broadcast,
             ttl=ttl,
+            password=password,
         )
 
     code = run_console(make(name), pipe=pipe, color=color_allowed(no_color), renamed=make)

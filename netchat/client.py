@@ -24,6 +24,13 @@ it at once: either close() finds the new connection and closes it, or the rejoin
 finds close() was called and closes it itself. Nothing leaks, and ``on_closed`` runs
 once.
 
+With a password the client joins only a chat that asks for one: over TCP it sends
+it in its ``hello`` once the banner has asked (and refuses a server whose banner does
+not, or one that is not netchat at all); over UDP the transport seals every
+datagram (:mod:`netchat.transport.udp_client`). A refusal is a
+:class:`~netchat.errors.Rejected` with code ``needs-password``, ``bad-password`` or
+``no-password``, which no rejoin can cure.
+
 For bots, :meth:`Client.connect` returns a started client whose events are queued
 for :meth:`Client.events` (or :meth:`Client.next_event`).
 """
@@ -78,7 +85,7 @@ from .transport.base import (
     Proto,
 )
 from .transport.registry import is_stream, make_client_transport
-from .transport.tcp_client import GREETING_TIMEOUT, TcpClientTransport, format_address
+from .transport.tcp_client import GREETING_TIMEOUT, Greeting, TcpClientTransport, format_address
 from .transport.udp_client import PlainUdpTransport
 
 log = logging.getLogger("netchat.client")
@@ -96,9 +103,11 @@ TOO_LONG = (
 )
 
 #: Server codes after which rejoining cannot help.
-_FATAL_REJECTIONS = frozenset({"bad-name"})
+_FATAL_REJECTIONS = frozenset({"bad-name", "needs-password", "bad-password", "no-password"})
 #: Transport counters that add up over the connections of a session.
 _CUMULATIVE = ("lost", "duplicates", "reordered", "bytes_in", "bytes_out")
+#: Transport counters of a sealed session (this connection's only).
+_SEALED = ("forged", "replayed")
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class Client:
         backoff: first delay between reconnect attempts, in seconds; it doubles (with
             jitter) up to ``max_backoff``.
         max_backoff: longest delay between reconnect attempts.
+        password: the chat's password (None or empty: an open chat). Only a chat that
+            asks for one is joined with it, and it cannot be used in plain-line mode.
 
     Example::
 
@@ -150,6 +161,7 @@ class Client:
         reconnect_attempts: int = 8,
         backoff: float = 0.5,
         max_backoff: float = 15.0,
+        password: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -161,6 +173,7 @@ class Client:
         self.reconnect_attempts = reconnect_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self._password = password or None
         self._name = name
         self._on_event: EventHandler | None = None
         self._on_closed: ClosedHandler | None = None
@@ -208,6 +221,8 @@ class Client:
         """
         if self._receiver is not None or self._plain is not None:
             raise NetchatError("client already started")
+        if self.plain and self._password is not None:
+            raise ConnectError("plain-line mode cannot give a password; leave one of them out")
         self._on_event = on_event
         self._on_closed = on_closed
         if self.plain:
@@ -299,7 +314,8 @@ class Client:
         ``sent`` (messages and commands), ``received`` (messages and notices),
         ``lost``, ``duplicates``, ``reordered`` (UDP; TCP never shows any),
         ``bytes_in``, ``bytes_out``, ``rtt_us`` (round-trip time in microseconds,
-        0 if not measured yet) and ``reconnects``. In plain-line mode: ``sent`` and
+        0 if not measured yet) and ``reconnects``; in a sealed UDP chat also ``forged``
+        and ``replayed`` (datagrams dropped because they did not open). In plain-line mode: ``sent`` and
         ``received`` lines, bytes and ``rtt_us``.
         """
         if self._plain is not None:
@@ -309,13 +325,17 @@ class Client:
         counters = {
             key: self._earlier_connections[key] + current.get(key, 0) for key in _CUMULATIVE
         }
-        return {
+        stats = {
             "sent": self._sent,
             "received": self._received,
             **counters,
             "rtt_us": current.get("rtt_us", 0),
             "reconnects": self._reconnects,
         }
+        for key in _SEALED:  # a sealed chat: datagrams that did not open
+            if key in current:
+                stats[key] = current[key]
+        return stats
 
     def close(self) -> None:
         """Leave politely: send ``/quit`` if still connected, wait briefly for the
@@ -435,7 +455,9 @@ class Client:
         return address if is_stream(self.proto) else f"{self.proto.value}://{address}"
 
     def _new_transport(self) -> ClientTransport:
-        return make_client_transport(self.proto, self.host, self.port)
+        # A datagram transport seals with the password; over TCP it goes in the hello.
+        password = None if is_stream(self.proto) else self._password
+        return make_client_transport(self.proto, self.host, self.port, password=password)
 
     def _join(self, *, allow_foreign: bool) -> list[Frame] | _Foreign:
         """Connect and handshake, and make the connection ours.
@@ -456,14 +478,28 @@ class Client:
         adopted: ClientTransport | _Foreign = transport
         try:
             transport.connect()
+            password = ""
             if isinstance(transport, TcpClientTransport):
                 greeting = self._greeting(transport)
-                if greeting is not None:
+                if not greeting.netchat:
+                    if self._password is not None:
+                        raise ConnectError(
+                            f"{self._where} does not speak netchat, so it cannot check a"
+                            " password (plain-line mode is for servers without one)"
+                        )
                     if not allow_foreign:
                         raise ForeignServer(f"{self._where} no longer speaks netchat")
-                    adopted = _Foreign(transport, greeting)
+                    adopted = _Foreign(transport, greeting.data)
+                elif self._password is not None:
+                    if not greeting.password:
+                        raise Rejected(
+                            f"{self._where} does not ask for a password: anyone who can"
+                            " reach it can read and write this chat; join it without one",
+                            code="no-password",
+                        )
+                    password = self._password
             if not isinstance(adopted, _Foreign):
-                transport.send(Hello(self._name, client=CLIENT_ID))
+                transport.send(Hello(self._name, client=CLIENT_ID, password=password))
                 first_frames = self._await_welcome(transport)
         except BaseException:
             with self._lock:
@@ -487,15 +523,14 @@ class Client:
         self._name = welcome.name
         return first_frames
 
-    def _greeting(self, transport: TcpClientTransport) -> bytes | None:
-        """None for a netchat server; else the bytes the foreign server sent."""
+    def _greeting(self, transport: TcpClientTransport) -> Greeting:
+        """What the server said first (a foreign server's bytes, or netchat's banner)."""
         try:
-            greeting = transport.read_greeting(self.greeting_timeout)
+            return transport.read_greeting(self.greeting_timeout)
         except ConnectionClosed as exc:
             if self._stop.is_set():
                 raise
             raise ConnectError(f"{self._where} closed the connection at once ({exc})") from exc
-        return None if greeting.netchat else greeting.data
 
     def _await_welcome(self, transport: ClientTransport) -> list[Frame]:
         deadline = time.monotonic() + self.welcome_timeout
@@ -662,4 +697,7 @@ class Client:
             text += f"; round trip {stats['rtt_us'] / 1000:.2f} ms"
         if stats["reconnects"]:
             text += f"; reconnected {plural(stats['reconnects'], 'time')}"
+        refused = stats.get("forged", 0) + stats.get("replayed", 0)
+        if refused:
+            text += f"; {plural(refused, 'forged or replayed datagram')} dropped"
         return text

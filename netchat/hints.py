@@ -22,7 +22,7 @@ import ipaddress
 import socket
 import time
 
-from .errors import ConnectError, ForeignServer, NetchatError
+from .errors import ConnectError, ForeignServer, NetchatError, Rejected
 from .protocol.banner import banner_version
 from .protocol.text import sanitize_text
 from .transport.base import DEFAULT_PORT, Proto
@@ -121,6 +121,14 @@ def connect_failure_hint(exc: NetchatError, proto: Proto, host: str, port: int) 
     return hint
 
 
+#: What the CLI says when a chat with a password refuses us (the server's own words
+#: name no option, since bots use the library too).
+PASSWORD_REFUSALS = {
+    "needs-password": "this chat needs a password: --password or NETCHAT_PASSWORD",
+    "bad-password": "wrong password (check --password or NETCHAT_PASSWORD)",
+}
+
+
 def failure_message(exc: NetchatError, target: tuple[Proto, str, int] | None = None) -> str:
     """The one line shown (after ``netchat:``) when a client cannot start.
 
@@ -129,6 +137,8 @@ def failure_message(exc: NetchatError, target: tuple[Proto, str, int] | None = N
         target: the client's (proto, host, port), for the hint; without it the hint
             can only be generic.
     """
+    if isinstance(exc, Rejected) and exc.code in PASSWORD_REFUSALS:
+        return PASSWORD_REFUSALS[exc.code]
     text = sanitize_text(str(exc))
     if target is not None:
         hint = connect_failure_hint(exc, *target)

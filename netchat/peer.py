@@ -44,6 +44,14 @@ little and keeps everything bounded:
   instance id) keeps it, the other renames itself to the first free ``name2``,
   ``name3``… and says so.
 
+With a password (``password=``, the CLI's ``--password``) every datagram is sealed
+under the sender's own key (:class:`~netchat.protocol.envelope.SealedGroup`: the
+password stretched under a salt of the group address and port, then one key per
+instance id) and opened before anything above looks at it: a datagram that does not
+open — a stranger's, a forgery, a replay, a peer without the password — is dropped
+and counted (``forged``, ``replayed``, ``unsealed``), never shown. Members still
+trust each other: the rules above keep applying between them.
+
 Nothing a datagram claims is trusted for display: messages are shown under the name
 its instance announced, names must pass :func:`name_problem` and text is sanitised.
 One's own datagrams are recognised by the instance id and skipped; what a peer says
@@ -66,11 +74,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from .errors import CommandError, ConnectError, ConnectionClosed, Rejected, RemoteProtocolError
+from .errors import (
+    AuthenticationFailed,
+    CommandError,
+    ConnectError,
+    ConnectionClosed,
+    LocalProtocolError,
+    Rejected,
+    RemoteProtocolError,
+    ReplayedDatagram,
+)
 from .events import call_handler
 from .impair import DatagramFilter
 from .protocol import datagram as dg
 from .protocol.commands import HELP_TEXT, parse_input, split_command
+from .protocol.envelope import CLEAR, Envelope, SealedGroup
 from .protocol.frames import (
     Act,
     Error,
@@ -93,6 +111,7 @@ from .protocol.frames import (
     encode_frame,
 )
 from .protocol.limits import MAX_DATAGRAM_BYTES, MAX_NAME_CHARS, MAX_TEXT_CHARS
+from .protocol.seal import SEALED_VERSION, ChatKey, group_salt
 from .protocol.text import (
     name_candidates,
     name_key,
@@ -176,6 +195,8 @@ class Peer:
         impairment: a :class:`~netchat.impair.DatagramFilter` every received datagram
             passes through first (``netchat bench`` uses it to drop, delay, duplicate
             and reorder what a peer hears); ``None`` takes datagrams as they come.
+        password: the group's password: only peers that know it are heard, and only
+            they can read us (None or empty: an open group).
     """
 
     def __init__(
@@ -192,6 +213,7 @@ class Peer:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         impairment: DatagramFilter | None = None,
+        password: str | None = None,
     ) -> None:
         self._name = normalize_name(name)
         self.group = group
@@ -224,6 +246,11 @@ class Peer:
         self._finishing = False
         self._counters: Counter[str] = Counter()
         self._impairment = impairment
+        self._password = password or None
+        #: how our datagrams travel: sealed once start() has derived the group's key
+        self._envelope: Envelope = CLEAR
+        self._max_frame = MAX_PEER_FRAME
+        self._strangers_told = False  # told the user about peers of the other kind
 
     # --- ChatEndpoint ----------------------------------------------------------------
 
@@ -241,12 +268,17 @@ class Peer:
         problem = name_problem(self._name)
         if problem is not None:
             raise Rejected(problem, code="bad-name")
+        if self._password is not None:
+            self._envelope = self._seal_with(self._password)
+            self._max_frame = MAX_PEER_FRAME - self._envelope.overhead
         self._sock, self._send_sock = self._open_sockets()
         self._on_event = on_event
         self._on_closed = on_closed
         self._claim_name(self._name)
         how = "broadcast" if self.broadcast else "multicast"
         where = f"{how} {self._destination[0]}:{self.port}"
+        if self._envelope.sealed:
+            where += ", sealed with the password"
         self._emit(Welcome(self._name, (self._name,), where))
         self._announce()
         self._thread = threading.Thread(target=self._receive_loop, name="netchat-peer", daemon=True)
@@ -277,6 +309,9 @@ class Peer:
         counters = dict(self._counters)
         for counter in ("sent", "received", "invalid", "errors"):
             counters.setdefault(counter, 0)
+        if self._envelope.sealed:  # what did not open
+            for counter in ("forged", "replayed", "unsealed"):
+                counters.setdefault(counter, 0)
         counters["peers"] = peers
         counters["newcomers"] = newcomers
         counters["lost"] = counters.get("lost_gone", 0) + sum(t.lost for t in trackers)
@@ -307,11 +342,45 @@ class Peer:
         self._counters["received"] += 1
         try:
             self._on_datagram(data, source, self._clock() if now is None else now)
+        except AuthenticationFailed:
+            self._counters["forged"] += 1
+        except ReplayedDatagram:
+            self._counters["replayed"] += 1
         except RemoteProtocolError:
-            self._counters["invalid"] += 1
+            layout = data[2] if len(data) > 2 and data[:2] == dg.MAGIC else None
+            if layout == (dg.DATAGRAM_VERSION if self._envelope.sealed else SEALED_VERSION):
+                self._other_kind_heard()
+            else:
+                self._counters["invalid"] += 1
         except Exception:
             self._counters["errors"] += 1
             log.exception("datagram from %s:%s not handled", *source[:2])
+
+    def _seal_with(self, password: str) -> SealedGroup:
+        """The group's envelope: scrypt (~80 ms) under the group's own salt.
+
+        Raises:
+            ConnectError: the password is unusable, or the group is not an address.
+        """
+        try:
+            chat_key = ChatKey.derive(password, group_salt(self.group, self.port))
+        except LocalProtocolError as exc:
+            raise ConnectError(f"cannot use that password: {exc}") from None
+        return SealedGroup(chat_key, self.instance)
+
+    def _other_kind_heard(self) -> None:
+        """A datagram of the other kind (sealed when we are not, or the reverse): counted,
+        and the user is told once that such peers are on the group."""
+        sealed = self._envelope.sealed
+        self._counters["unsealed" if sealed else "sealed_unreadable"] += 1
+        if self._strangers_told:
+            return
+        self._strangers_told = True
+        if sealed:
+            text = "peers without the password are on this group: they are not shown"
+        else:
+            text = "peers with a password are on this group; without it we cannot read them"
+        self._emit(Info(text))
 
     # --- sockets ----------------------------------------------------------------------
 
@@ -377,7 +446,7 @@ class Peer:
         if sock is None or self._stop.is_set():
             raise ConnectionClosed("not connected")
         try:
-            sock.sendto(datagram, self._destination)
+            sock.sendto(self._envelope.seal(datagram), self._destination)
         except BlockingIOError:
             self._counters["send_dropped"] += 1
             return
@@ -385,12 +454,12 @@ class Peer:
 
     def _send_sequenced(self, frame: Frame) -> bool:
         payload = encode_frame(frame)
-        if len(payload) > MAX_PEER_FRAME:
+        if len(payload) > self._max_frame:
             self._emit(
                 Error(
                     "too-large",
                     f"message not sent: {len(payload)} bytes encoded, but a datagram holds"
-                    f" {MAX_PEER_FRAME}; shorten it",
+                    f" {self._max_frame}; shorten it",
                 )
             )
             return False
@@ -572,7 +641,7 @@ class Peer:
                 self.receive_datagram(data, source[:2], self._clock())
 
     def _on_datagram(self, data: bytes, source: Address, now: float) -> None:
-        datagram = dg.decode_datagram(data)
+        datagram = dg.decode_datagram(self._envelope.open(data))
         if not isinstance(datagram, dg.PeerData):
             raise RemoteProtocolError(f"not a peer datagram: {type(datagram).__name__}")
         if datagram.instance == self.instance:

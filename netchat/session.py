@@ -13,9 +13,18 @@ byte without sockets (``tests/test_session.py``):
 - **mode**: what the first line says the client is. A JSON ``hello`` makes it
   ``STRUCTURED`` (JSON frames both ways); anything else ``PLAIN`` (``nc``, telnet and
   the lab's own clients: text lines, ``/commands``, readable lines back).
-- **phase**: ``REGISTERING`` → ``JOINED`` → ``CLOSING`` → ``CLOSED``. The legal moves
-  are one table, :data:`PHASE_MOVES`; anything else raises
-  :class:`~netchat.errors.LocalProtocolError` naming the mode and phase it was in.
+- **phase**: (``AUTHENTICATING`` →) ``REGISTERING`` → ``JOINED`` → ``CLOSING`` →
+  ``CLOSED``. The legal moves are one table, :data:`PHASE_MOVES`; anything else
+  raises :class:`~netchat.errors.LocalProtocolError` naming the mode and phase it
+  was in.
+- **password**: a chat with one (:attr:`SessionPolicy.password`) starts in
+  ``AUTHENTICATING``. The banner asks for the password instead of a name; a plain
+  client's first line is the password, a structured client's ``hello`` carries it.
+  The check is :class:`~netchat.protocol.seal.PasswordVerifier`'s (constant time);
+  after a wrong one the stream is paused for :attr:`SessionPolicy.password_delay`,
+  and after :attr:`SessionPolicy.password_attempts` the connection is closed with
+  the reason. Nothing of the chat — not even who is in it — reaches a client
+  before it has given the password: the session joins no hub before that.
 - **framing**: lines end at ``\\n``. A plain client that has never sent a newline (a
   lab client calling ``send(text.encode())``) ends a line by pausing for
   :attr:`SessionPolicy.line_gap`; one newline makes it line-framed for good, so a slow
@@ -50,7 +59,8 @@ import re
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .admission import Admission, Ticket, plural
 from .errors import CommandError, FrameTooLarge, LocalProtocolError, ProtocolError, Rejected
@@ -63,9 +73,13 @@ from .protocol.stream import LineReader
 from .protocol.text import name_problem, sanitize_text
 from .streamlog import WireFormat
 
+if TYPE_CHECKING:
+    from .protocol.seal import PasswordVerifier
+
 log = logging.getLogger("netchat.session")
 
 __all__ = [
+    "LIVE_PHASES",
     "PHASE_MOVES",
     "ErrorDigest",
     "Mode",
@@ -90,6 +104,7 @@ class Mode(enum.Enum):
 class Phase(enum.Enum):
     """Where a connection is in its life."""
 
+    AUTHENTICATING = "authenticating"  # a chat with a password: it has not given it yet
     REGISTERING = "registering"
     JOINED = "joined"
     CLOSING = "closing"  # no more input is handled; what is owed still goes out
@@ -99,6 +114,7 @@ class Phase(enum.Enum):
 class Move(enum.Enum):
     """What makes a phase change."""
 
+    AUTHENTICATE = "authenticate"  # the right password
     JOIN = "join"
     CLOSE = "close"  # quit, timeout, too slow, shutdown, end of input
     FINISH = "finish"  # everything was sent (or the connection died)
@@ -107,6 +123,9 @@ class Move(enum.Enum):
 #: The only legal phase changes. Closing twice is allowed (two reasons can race: a
 #: shutdown and a quit); joining twice or reviving a closed session is not.
 PHASE_MOVES: dict[tuple[Phase, Move], Phase] = {
+    (Phase.AUTHENTICATING, Move.AUTHENTICATE): Phase.REGISTERING,
+    (Phase.AUTHENTICATING, Move.CLOSE): Phase.CLOSING,
+    (Phase.AUTHENTICATING, Move.FINISH): Phase.CLOSED,
     (Phase.REGISTERING, Move.JOIN): Phase.JOINED,
     (Phase.REGISTERING, Move.CLOSE): Phase.CLOSING,
     (Phase.REGISTERING, Move.FINISH): Phase.CLOSED,
@@ -117,6 +136,11 @@ PHASE_MOVES: dict[tuple[Phase, Move], Phase] = {
     (Phase.CLOSED, Move.CLOSE): Phase.CLOSED,
     (Phase.CLOSED, Move.FINISH): Phase.CLOSED,
 }
+
+#: Phases in which input is handled (a transport keeps reading).
+LIVE_PHASES = frozenset({Phase.AUTHENTICATING, Phase.REGISTERING, Phase.JOINED})
+#: Phases before joining, bounded by the registration deadline.
+_UNJOINED = frozenset({Phase.AUTHENTICATING, Phase.REGISTERING})
 
 
 @dataclass(frozen=True)
@@ -159,6 +183,10 @@ class SessionPolicy:
             ``"name"`` (TCP: the client types its name first) or ``"message"``
             (plain datagrams: the sender is named ``guestN``).
         error_window: seconds during which repeats of one error are counted, not said.
+        password: checks the chat's password (None: an open chat); a stream client
+            must give it before anything else.
+        password_attempts: wrong passwords after which the connection is closed.
+        password_delay: seconds a stream is not read after a wrong password.
     """
 
     server_name: str = "netchat"
@@ -172,6 +200,9 @@ class SessionPolicy:
     line_gap: float = 0.15
     plain_first_line: str = "name"
     error_window: float = 10.0
+    password: PasswordVerifier | None = field(default=None, repr=False)
+    password_attempts: int = 3
+    password_delay: float = 1.0
 
 
 #: Pings a structured member may leave unanswered; it is dropped on the next one due.
@@ -276,7 +307,8 @@ class ServerSession:
         self.policy = policy
         self.peer = peer
         self.mode = Mode.UNKNOWN
-        self.phase = Phase.REGISTERING
+        self.phase = Phase.AUTHENTICATING if policy.password is not None else Phase.REGISTERING
+        self._wrong_passwords = 0
         self.member: Member | None = None
         #: why the session is closing or closed ("" while it is not)
         self.close_reason = ""
@@ -312,14 +344,16 @@ class ServerSession:
         self._before: deque[bytes] = deque()
         self._after: deque[bytes] = deque()
         if policy.stream:
-            self._before.append(banner_line(policy.server_name))
+            self._before.append(
+                banner_line(policy.server_name, password=policy.password is not None)
+            )
 
     # --- input -------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[SessionEvent]:
         """Bytes from a stream; ``b""`` means the client closed its side."""
         self._now = now
-        if self.phase not in (Phase.REGISTERING, Phase.JOINED):
+        if self.phase not in LIVE_PHASES:
             return self._take_events()
         if not data:
             self._close("quit", leave_reason="quit")
@@ -336,7 +370,7 @@ class ServerSession:
     def receive_unit(self, unit: bytes, now: float) -> list[SessionEvent]:
         """One frame (or plain line) that arrived whole, in a datagram."""
         self._now = now
-        if self.phase in (Phase.REGISTERING, Phase.JOINED):
+        if self.phase in LIVE_PHASES:
             self._heard(now)
             self._bytes_in += len(unit)
             self._handle_line(unit.rstrip(b"\r\n"))
@@ -349,9 +383,9 @@ class ServerSession:
     def tick(self, now: float) -> list[SessionEvent]:
         """Let time pass: deadlines, pings, summaries, the end of a rate-limit pause."""
         self._now = now
-        if self.phase is Phase.REGISTERING and now >= self._registration_deadline:
+        if self.phase in _UNJOINED and now >= self._registration_deadline:
             self._registration_timed_out()
-        elif self.phase in (Phase.REGISTERING, Phase.JOINED):
+        elif self.phase in LIVE_PHASES:
             if self.paused_until is not None and now >= self.paused_until:
                 self.paused_until = None
                 self._handle_buffered_lines()
@@ -366,9 +400,9 @@ class ServerSession:
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has something to do (monotonic time), or ``None``."""
         moments: list[float] = []
-        if self.phase is Phase.REGISTERING:
+        if self.phase in _UNJOINED:
             moments.append(self._registration_deadline)
-        if self.phase in (Phase.REGISTERING, Phase.JOINED):
+        if self.phase in LIVE_PHASES:
             if self.paused_until is not None:
                 moments.append(self.paused_until)
             if not self._newline_seen and self._lines.pending:
@@ -389,7 +423,7 @@ class ServerSession:
         Call :meth:`Hub.shutdown` first: it ends every member's stream with the
         shutdown notice. A client that has not joined gets it from here.
         """
-        if self.phase in (Phase.REGISTERING, Phase.JOINED):
+        if self.phase in LIVE_PHASES:
             if self.member is None:
                 self._before.append(self._encode(Shutdown(reason)))
             self._close(reason, leave_reason="shutdown")
@@ -511,10 +545,15 @@ class ServerSession:
 
     def _handle_buffered_lines(self) -> None:
         lines = self._lines
-        # Without a rate limit there is no token to wait for: skip asking, per line.
+        # Without a rate limit (or a pause) there is no token to wait for: skip
+        # asking, per line.
         limited = not self._bucket.unlimited
-        while self.phase in (Phase.REGISTERING, Phase.JOINED):
-            if limited and lines.has_line() and not self._may_take_line():
+        while self.phase in LIVE_PHASES:
+            if (
+                (limited or self.paused_until is not None)
+                and lines.has_line()
+                and not self._may_take_line()
+            ):
                 return
             try:
                 line = lines.next_line()
@@ -541,7 +580,9 @@ class ServerSession:
             return
         if self.mode is Mode.UNKNOWN:
             self._decide_mode(line)
-        if self.phase is Phase.REGISTERING:
+        if self.phase is Phase.AUTHENTICATING:
+            self._authenticate(line)
+        elif self.phase is Phase.REGISTERING:
             if self.mode is Mode.STRUCTURED:
                 self._register_structured(line)
             else:
@@ -565,6 +606,52 @@ class ServerSession:
                 return
             if isinstance(frame, Hello):
                 self.mode = Mode.STRUCTURED
+
+    def _authenticate(self, line: bytes) -> None:
+        """The password, before anything else: a structured client's ``hello`` carries
+        it (and its name), a plain client's line is nothing but the password."""
+        if self.mode is Mode.STRUCTURED:
+            try:
+                frame = decode_frame(line)
+            except ProtocolError as exc:
+                self._error(Error(exc.code, f"frame dropped: {exc}"))
+                return
+            if not isinstance(frame, Hello):
+                self._error(Error("not-joined", "join first: send a hello frame"))
+            elif not frame.password:
+                self._error(Error("needs-password", "this chat needs a password"))
+            elif self._password_accepted(frame.password):
+                self._join(frame.name)
+            return
+        text = self._decode_plain(line)
+        if text is not None and self._password_accepted(text):
+            self._before.append(
+                self._encode(Info("password accepted. Type your name and press Enter:"))
+            )
+
+    def _password_accepted(self, candidate: str) -> bool:
+        """Check a password; a wrong one is said, counted, and paused after (closed
+        after the last attempt). Never logs or repeats what was typed."""
+        verifier = self.policy.password
+        if verifier is not None and verifier.check(candidate):
+            with self._lock:
+                self._move(Move.AUTHENTICATE)
+            return True
+        self._wrong_passwords += 1
+        attempts = self.policy.password_attempts
+        left = attempts - self._wrong_passwords
+        log.info("%s: wrong password (%d of %d)", self.peer, self._wrong_passwords, attempts)
+        if left <= 0:
+            self._send_error(Error("bad-password", f"wrong password {attempts} times; goodbye"))
+            self._close(f"{plural(attempts, 'wrong password')}", leave_reason="quit")
+            return False
+        again = "" if self.mode is Mode.STRUCTURED else ". Type the password:"
+        tries = "1 try" if left == 1 else f"{left} tries"
+        self._send_error(Error("bad-password", f"wrong password ({tries} left){again}"))
+        if self.policy.stream:
+            # As OpenSSH does: a pause after each failure slows a guesser down.
+            self.paused_until = self._now + self.policy.password_delay
+        return False
 
     def _register_structured(self, line: bytes) -> None:
         try:
@@ -688,7 +775,9 @@ class ServerSession:
         try:
             return line.decode("utf-8")
         except UnicodeDecodeError:
-            what = "that name" if self.phase is Phase.REGISTERING else "line dropped:"
+            what = {Phase.AUTHENTICATING: "that password", Phase.REGISTERING: "that name"}.get(
+                self.phase, "line dropped:"
+            )
             self._error(
                 Error("bad-utf8", f"{what} not valid UTF-8 (set your terminal to UTF-8)"),
             )
@@ -729,13 +818,14 @@ class ServerSession:
         self.hub.release(member)
 
     def _registration_timed_out(self) -> None:
+        wanted = "password" if self.phase is Phase.AUTHENTICATING else "name"
         if not self._bytes_in:
-            truth = "no name received in time"
+            truth = f"no {wanted} received in time"
         elif not self._lines_seen:
             bytes_ = "byte" if self._bytes_in == 1 else "bytes"
             truth = f"received {self._bytes_in} {bytes_} but no end of line"
         else:
-            truth = "no valid name received in time"
+            truth = f"no valid {wanted} received in time"
         log.info("%s: registration timed out: %s", self.peer, truth)
         self._send_error(Error("registration-timeout", f"{truth}; goodbye"))
         self._close(f"registration timeout: {truth}", leave_reason="quit")

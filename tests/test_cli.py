@@ -81,6 +81,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
     monkeypatch.setattr(netchat.console, "run_console", fake_console)
     monkeypatch.setitem(sys.modules, "netchat.peer", types.SimpleNamespace(Peer=FakeEndpoint))
     monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("NETCHAT_PASSWORD", raising=False)
     yield consoles
 
 
@@ -209,7 +210,7 @@ def test_client_options_reach_client_and_console(fakes: list[dict[str, Any]]) ->
     assert result.exit_code == 0, result.output
     endpoint = FakeEndpoint.made[-1]
     assert endpoint.args == ("alice", "::1", 9001, Proto.udp)
-    assert endpoint.kwargs == {"reconnect": True, "plain": False}
+    assert endpoint.kwargs == {"reconnect": True, "plain": False, "password": None}
     renamed = fakes[-1].pop("renamed")
     assert fakes[-1] == {"endpoint": endpoint, "pipe": True, "color": False}
     # Asked again for a name, the console gets the same client under the new name.
@@ -220,7 +221,7 @@ def test_client_options_reach_client_and_console(fakes: list[dict[str, Any]]) ->
 def test_client_plain_asks_for_plain_line_mode(fakes: list[dict[str, Any]]) -> None:
     result = runner.invoke(app, ["--proto", "udp", "client", "--name", "alice", "--plain"])
     assert result.exit_code == 0, result.output
-    assert FakeEndpoint.made[-1].kwargs == {"reconnect": False, "plain": True}
+    assert FakeEndpoint.made[-1].kwargs == {"reconnect": False, "plain": True, "password": None}
     assert fakes[-1]["pipe"] is False
 
 
@@ -257,6 +258,7 @@ def test_peer_options_reach_the_peer(
         "interface": "127.0.0.1",
         "broadcast": False,
         "ttl": 2,
+        "password": None,
     }
     assert fakes[-1]["pipe"] is False
 
@@ -359,6 +361,15 @@ def test_option_errors_speak_plainly(
         (
             ["client", "--name", "a", "--plain", "--reconnect"],
             "plain-line mode does not reconnect; leave out --reconnect or --plain",
+        ),
+        (
+            ["client", "--name", "a", "--plain", "--password", "x"],
+            "plain-line mode is for servers that are not netchat, which cannot check a password",
+        ),
+        (
+            ["--proto", "udp", "server", "--accept-plain", "--password", "x"],
+            "--accept-plain cannot be used with a password: plain datagram clients cannot"
+            " prove they know it",
         ),
     ],
 )
@@ -473,3 +484,60 @@ def test_peer_unknown_interface_is_a_clear_error(
     assert "Invalid value for '--interface'" in result.output
     assert message in result.output
     assert not FakeEndpoint.made
+
+
+# --- a chat with a password (issue 6) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--password", "сезам"], {}, "сезам"),
+        ([], {"NETCHAT_PASSWORD": "сезам"}, "сезам"),
+        (["--password", "given"], {"NETCHAT_PASSWORD": "from env"}, "given"),
+        ([], {"NETCHAT_PASSWORD": ""}, None),  # an empty one means none
+        ([], {}, None),
+    ],
+)
+def test_password_from_the_option_or_the_environment_reaches_every_command(
+    fakes: list[dict[str, Any]], argv: list[str], env: dict[str, str], expected: str | None
+) -> None:
+    assert runner.invoke(app, ["server", *argv], env=env).exit_code == 0
+    assert FakeServer.made[-1].config.password == (expected or "")
+    for command in (["client", "--name", "a"], ["peer", "--name", "a"]):
+        result = runner.invoke(app, [*command, *argv], env=env)
+        assert result.exit_code == 0, result.output
+        assert FakeEndpoint.made[-1].kwargs["password"] == expected
+
+
+def test_a_server_with_a_password_says_so_and_never_shows_it(fakes: list[dict[str, Any]]) -> None:
+    tcp = runner.invoke(app, ["server"], env={"NETCHAT_PASSWORD": "сезам"})
+    assert tcp.exit_code == 0
+    assert tcp.output.splitlines()[-2:] == [
+        "netchat: this chat needs a password: others give it with NETCHAT_PASSWORD or --password",
+        "netchat: over TCP the password and the chat cross the network in clear: it keeps"
+        " strangers out, not eavesdroppers (--proto udp seals everything)",
+    ]
+    udp = runner.invoke(app, ["--proto", "udp", "server", "--password", "сезам"])
+    assert udp.output.splitlines()[-1] == (
+        "netchat: this chat needs a password: others give it with NETCHAT_PASSWORD or --password"
+    )
+    assert "сезам" not in tcp.output + udp.output + repr(FakeServer.made[-1].config)
+
+
+@pytest.mark.parametrize("command", ["server", "client", "peer"])
+def test_help_names_the_environment_variable_but_not_its_value(command: str) -> None:
+    result = runner.invoke(
+        app, [command, "--help"], env={"NETCHAT_PASSWORD": "сезам", "COLUMNS": "200"}
+    )
+    assert result.exit_code == 0
+    assert "--password" in result.output and "NETCHAT_PASSWORD" in result.output
+    assert "сезам" not in result.output
+
+
+def test_an_unusable_password_is_refused_without_echoing_it(fakes: list[dict[str, Any]]) -> None:
+    long = "я" * 600  # 1,200 bytes of UTF-8
+    result = runner.invoke(app, ["server"], env={"NETCHAT_PASSWORD": long, "COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "a password has at most 1024 bytes" in result.output
+    assert long not in result.output and not FakeServer.made

@@ -655,3 +655,17 @@ def test_the_password_verifier() -> None:
     assert verifier.check("пароль cafe\u0301")
     for wrong in ["Пароль café", "пароль", "", "\ud800", "x" * 5000]:
         assert not verifier.check(wrong)
+
+
+def test_the_fast_sealing_path_gives_the_same_bytes_as_the_general_one() -> None:
+    """seal_datagram() takes a shortcut for kinds without an ephemeral key (the relay's
+    fan-out path); it must produce exactly what seal() does with the same counter."""
+    plains = [*sample_plain_datagrams(), dg.encode_ack(dg.Ack(9, 8, 100, 64, ((11, 12),)))]
+    for plain in plains:
+        kind = dg.Kind(plain[3])
+        kept = seal.SEALED_KINDS[kind].kept
+        key = KEY.peer_key(INSTANCE)
+        header = b"nc\x02" + bytes([kind]) + plain[4 : 4 + kept]
+        general = seal.Sealer(key, first_counter=7).seal(header, plain[4 + kept :])
+        assert seal.Sealer(key, first_counter=7).seal_datagram(plain) == general
+        assert seal.Opener(key).open(general).plain() == plain

@@ -7,6 +7,7 @@ whole: a duplicated or reordered line fails.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from netchat.admission import Admission
 from netchat.errors import LocalProtocolError
 from netchat.hub import Hub, Outbound
-from netchat.protocol.banner import banner_line
+from netchat.protocol.banner import banner_line, banner_wants_password
 from netchat.protocol.frames import (
     Error,
     Frame,
@@ -35,6 +36,7 @@ from netchat.protocol.frames import (
     encode_frame,
 )
 from netchat.protocol.render import clock
+from netchat.protocol.seal import PasswordVerifier
 from netchat.session import (
     PHASE_MOVES,
     Mode,
@@ -536,3 +538,160 @@ def test_any_bytes_leave_the_session_consistent(
     assert pair.session.phase in (Phase.JOINED, Phase.CLOSING)
     # Whatever zed sent, the others only ever see chat events, never its errors.
     assert {f.TYPE for f in other.frames()} <= {"joined", "message", "left", "renamed"}
+
+
+# --- a chat with a password (issue 6) ----------------------------------------------------------
+
+PASSWORD = "сезам откройся"
+#: Wrong passwords are paused after; these tests step the clock by hand.
+LOCKED = SessionPolicy(rate_limit=0, password=PasswordVerifier(PASSWORD), password_delay=1.0)
+LOCKED_BANNER = banner_line("netchat", password=True)
+ASK_NAME = line("-!- password accepted. Type your name and press Enter:")
+
+
+def test_the_banner_of_a_chat_with_a_password_asks_for_it() -> None:
+    assert LOCKED_BANNER == (
+        b"netchat/1 ready: welcome to netchat! This chat needs a password:"
+        b" type it and press Enter:\r\n"
+    )
+    assert banner_wants_password(LOCKED_BANNER) and not banner_wants_password(BANNER)
+    nc = Pair(policy=LOCKED)
+    assert nc.session.phase is Phase.AUTHENTICATING
+    assert nc.out() == LOCKED_BANNER
+
+
+@pytest.mark.parametrize("chunking", ["whole", "bytes"])
+def test_a_plain_client_gives_the_password_then_its_name_exact_transcript(chunking: str) -> None:
+    hub = make_hub()
+    other = watcher(hub)
+    nc = Pair(hub, LOCKED)
+    talk = f"{PASSWORD}\r\nалиса\r\nпривет\r\n".encode()
+    nc.feed(talk, one_byte_at_a_time(talk) if chunking == "bytes" else None)
+    assert nc.out() == b"".join(
+        [
+            LOCKED_BANNER,
+            ASK_NAME,
+            text(Welcome("алиса", ("watcher", "алиса"), "netchat")),
+            text(Message("алиса", "привет", TS, 3)),
+        ]
+    )
+    assert other.frames() == [Joined("алиса", TS, 2), Message("алиса", "привет", TS, 3)]
+    assert [type(e) for e in nc.events] == [SessionJoined]
+
+
+def test_a_wrong_password_is_said_paused_after_and_sees_no_chat() -> None:
+    hub = make_hub()
+    other = watcher(hub)
+    nc = Pair(hub, LOCKED)
+    # Everything after the wrong password waits for the pause; /who is not a command
+    # here: before the password every line is a password.
+    nc.feed(b"open sesame\n/who\n" + PASSWORD.encode() + b"\nbob\n")
+    assert nc.out() == LOCKED_BANNER + line("! wrong password (2 tries left). Type the password:")
+    assert nc.session.paused_until == pytest.approx(1.0)
+    assert nc.session.phase is Phase.AUTHENTICATING
+    nc.tick(1.0)
+    assert nc.out() == line("! wrong password (1 try left). Type the password:")
+    nc.tick(1.0)
+    assert nc.out() == ASK_NAME + text(Welcome("bob", ("watcher", "bob"), "netchat"))
+    assert other.frames() == [Joined("bob", TS, 2)]  # nothing before bob joined
+
+
+def test_three_wrong_passwords_and_the_connection_is_closed_with_the_reason() -> None:
+    hub = make_hub()
+    other = watcher(hub)
+    nc = Pair(hub, LOCKED)
+    for guess in (b"one\n", b"two\n", b"three\n"):
+        nc.feed(guess)
+        nc.tick(1.0)
+    assert nc.out() == b"".join(
+        [
+            LOCKED_BANNER,
+            line("! wrong password (2 tries left). Type the password:"),
+            line("! wrong password (1 try left). Type the password:"),
+            line("! wrong password 3 times; goodbye"),
+        ]
+    )
+    assert nc.session.phase is Phase.CLOSING
+    assert nc.session.close_reason == "3 wrong passwords"
+    assert nc.events == [WantsClose("3 wrong passwords")]
+    nc.feed(PASSWORD.encode() + b"\nlate\n")  # too late: nothing more is read
+    assert nc.out() == b"" and other.frames() == [] and hub.names() == ("watcher",)
+
+
+def test_a_structured_client_gives_the_password_in_its_hello() -> None:
+    hub = make_hub()
+    other = watcher(hub)
+    client = Pair(hub, LOCKED)
+    client.feed(json(Say("before joining")) + json(Hello("hana")))
+    assert client.session.mode is Mode.PLAIN  # a first line that is no hello: plain
+    hub2 = make_hub()
+    client = Pair(hub2, LOCKED)
+    client.feed(json(Hello("hana")))
+    client.feed(json(Say("not yet")))
+    client.feed(json(Hello("hana", password="wrong")))
+    client.tick(1.0)
+    client.feed(json(Hello("hana", password=PASSWORD)) + json(Say("hi")))
+    out = client.out()
+    assert out.startswith(LOCKED_BANNER)
+    assert [decode_frame(line) for line in out[len(LOCKED_BANNER) :].splitlines()] == [
+        Error("needs-password", "this chat needs a password"),
+        Error("not-joined", "join first: send a hello frame"),
+        Error("bad-password", "wrong password (2 tries left)"),
+        Welcome("hana", ("hana",), "netchat"),
+        Message("hana", "hi", TS, 2),
+    ]
+    assert other.frames() == []  # the first hub never saw hana
+
+
+def test_the_password_in_a_hello_is_never_shown() -> None:
+    hello = Hello("hana", password="сезам")
+    assert "сезам" not in repr(hello)
+    assert json(Hello("hana")) == b'{"v":1,"t":"hello","name":"hana","client":""}\n'
+    assert decode_frame(json(hello)) == hello
+
+
+def test_a_password_typed_in_decomposed_form_is_the_same_password() -> None:
+    policy = SessionPolicy(rate_limit=0, password=PasswordVerifier("café"))
+    nc = Pair(policy=policy)
+    nc.feed("cafe\u0301\nzoe\n".encode())
+    assert nc.session.phase is Phase.JOINED
+
+
+def test_no_password_in_time_is_the_truth_told() -> None:
+    policy = dataclasses.replace(LOCKED, registration_timeout=5.0)
+    silent = Pair(policy=policy)
+    silent.tick(5.0)
+    assert silent.out() == LOCKED_BANNER + line("! no password received in time; goodbye")
+    guessing = Pair(policy=policy)
+    guessing.feed(b"guess\n")
+    guessing.tick(5.0)
+    assert guessing.out().endswith(line("! no valid password received in time; goodbye"))
+    assert guessing.session.phase is Phase.CLOSING
+
+
+def test_a_server_shutting_down_tells_a_client_still_giving_its_password() -> None:
+    hub = make_hub()
+    nc = Pair(hub, LOCKED)
+    hub.shutdown("maintenance")
+    nc.session.close("server shutting down")
+    assert nc.out() == LOCKED_BANNER + text(Shutdown("server shutting down"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=20), st.booleans())
+def test_nothing_sent_before_the_password_reaches_or_reveals_the_chat(
+    data: bytes, chunks: list[int], structured: bool
+) -> None:
+    hub = make_hub()
+    other = watcher(hub)
+    policy = dataclasses.replace(LOCKED, rate_limit=5.0, burst=5)
+    pair = Pair(hub, policy)
+    guess = json(Hello("zed", password="guess")) if structured else b"guess\n"
+    pair.feed(guess + data.replace(PASSWORD.encode(), b""), chunks)
+    for _ in range(4):
+        pair.tick(1.0)
+    out = pair.out().decode("utf-8")
+    # Only the banner, prompts and errors: no welcome, no user list, no names.
+    assert "watcher" not in out and "Online" not in out and '"welcome"' not in out
+    assert other.frames() == [] and hub.names() == ("watcher",)
+    assert pair.session.phase in (Phase.AUTHENTICATING, Phase.CLOSING)

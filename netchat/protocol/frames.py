@@ -136,6 +136,10 @@ def _check_type(value: object, expected: Any) -> bool:
     raise TypeError(f"unsupported frame field type {expected!r}")  # pragma: no cover
 
 
+#: Field metadata: leave the field out of the JSON while it is empty.
+_OMIT_EMPTY = "omit_empty"
+
+
 class _Validated(Frame):
     """Mixin: check declared field types on construction, like h11's events."""
 
@@ -156,10 +160,15 @@ class _Validated(Frame):
 @_register("hello")
 @dataclass(frozen=True)
 class Hello(_Validated, Frame):
-    """First frame of a structured client: asks to join under ``name``."""
+    """First frame of a structured client: asks to join under ``name``.
+
+    ``password`` is given to a TCP server that asks for one (its banner says so); it
+    is left out of the JSON when empty and never shown in a repr.
+    """
 
     name: str
     client: str = ""
+    password: str = dataclasses.field(default="", repr=False, metadata={_OMIT_EMPTY: True})
 
 
 @_register("say")
@@ -384,6 +393,8 @@ def frame_to_dict(frame: Frame) -> dict[str, Any]:
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": frame.TYPE}
     for field in dataclasses.fields(frame):
         value = getattr(frame, field.name)
+        if not value and field.metadata.get(_OMIT_EMPTY):
+            continue
         body[field.name] = list(value) if isinstance(value, tuple) else value
     return body
 

@@ -107,6 +107,7 @@ __all__ = [
     "Sealer",
     "TrafficKey",
     "answer_hello",
+    "check_ephemeral",
     "cookie_request",
     "decode_salted_cookie",
     "encode_salted_cookie",
@@ -180,6 +181,7 @@ SEALED_KINDS: dict[Kind, _Layout] = {
     Kind.PONG: _Layout(0, 0),
     Kind.BYE: _Layout(0, 0),
     Kind.PEER: _Layout(INSTANCE_BYTES, INSTANCE_BYTES),
+    Kind.ACK: _Layout(0, 0),  # --proto rudp's receipts
 }
 
 
@@ -244,12 +246,13 @@ def _hkdf(secret: bytes, salt: bytes, info: bytes) -> bytes:
 class TrafficKey:
     """A ChaCha20-Poly1305 key for one sender's datagrams; ``purpose`` names it in reprs."""
 
-    __slots__ = ("_aead", "purpose")
+    __slots__ = ("aead", "purpose")
 
     def __init__(self, secret: bytes, purpose: str) -> None:
         if len(secret) != KEY_BYTES:
             raise LocalProtocolError(f"a traffic key has {KEY_BYTES} bytes")
-        self._aead = ChaCha20Poly1305(secret)
+        #: the cipher itself (holds the secret; never printed)
+        self.aead = ChaCha20Poly1305(secret)
         self.purpose = purpose
 
     def __repr__(self) -> str:
@@ -432,6 +435,18 @@ class Opened:
         return _PREFIX.pack(MAGIC, DATAGRAM_VERSION, self.kind) + kept + self.payload
 
 
+#: Layout-1 prefix -> (layout-2 prefix, clear fields kept) for the kinds that carry no
+#: ephemeral key: sealing them is a lookup and a slice (see Sealer.seal_datagram).
+_NO_EPHEMERAL: dict[bytes, tuple[bytes, int]] = {
+    _PREFIX.pack(MAGIC, DATAGRAM_VERSION, kind): (
+        _PREFIX.pack(MAGIC, SEALED_VERSION, kind),
+        layout.kept,
+    )
+    for kind, layout in SEALED_KINDS.items()
+    if layout.clear == layout.kept
+}
+
+
 def _kind_or_none(kind_byte: int) -> Kind | None:
     try:
         return Kind(kind_byte)
@@ -529,7 +544,7 @@ class Sealer:
             )
         counter = self._take_counter()
         authenticated = header + _COUNTER.pack(counter)
-        return authenticated + self.key._aead.encrypt(_nonce(counter), payload, authenticated)
+        return authenticated + self.key.aead.encrypt(_nonce(counter), payload, authenticated)
 
     def seal_datagram(self, plain: bytes, ephemeral: bytes = b"") -> bytes:
         """Seal a layout-1 datagram (as ``datagram.encode_*`` make them).
@@ -542,6 +557,22 @@ class Sealer:
             LocalProtocolError: ``plain`` is not a layout-1 datagram of a sealed kind,
                 ``ephemeral`` has the wrong length, or as :meth:`seal`.
         """
+        fast = _NO_EPHEMERAL.get(plain[: _PREFIX.size])
+        if fast is not None and not ephemeral and len(plain) >= _PREFIX.size + fast[1]:
+            # The relay's fan-out path (DATA, PING, PONG, BYE, PEER, ACK): the same
+            # checks as below and in seal(), made once, on bytes.
+            sealed_prefix, kept = fast
+            if len(plain) + SEAL_OVERHEAD > MAX_DATAGRAM_BYTES:
+                raise LocalProtocolError(
+                    f"sealed datagram of {len(plain) + SEAL_OVERHEAD} bytes exceeds"
+                    f" {MAX_DATAGRAM_BYTES}",
+                    code="too-large",
+                )
+            counter = self._take_counter()
+            authenticated = sealed_prefix + plain[_PREFIX.size : _PREFIX.size + kept]
+            authenticated += _COUNTER.pack(counter)
+            payload = plain[_PREFIX.size + kept :]
+            return authenticated + self.key.aead.encrypt(_nonce(counter), payload, authenticated)
         if len(plain) < _PREFIX.size:
             raise LocalProtocolError("not a datagram")
         magic, version, kind_byte = _PREFIX.unpack_from(plain)
@@ -603,7 +634,7 @@ class Opener:
                 why = "is behind the replay window" if self.window.too_old(counter) else "was seen"
                 raise ReplayedDatagram(f"counter {counter} {why}")
             try:
-                payload = self.key._aead.decrypt(
+                payload = self.key.aead.decrypt(
                     _nonce(counter), datagram[header + COUNTER_BYTES :], authenticated
                 )
             except InvalidTag:
@@ -709,6 +740,22 @@ def _exchange(private: X25519PrivateKey, public: bytes) -> bytes:
         return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:  # a low-order point gives an all-zero secret: refuse it (RFC 7748 §6.1)
         raise RemoteProtocolError("an unusable X25519 public key", code="malformed") from None
+
+
+_probe_key: list[X25519PrivateKey] = []  # made on first use
+
+
+def check_ephemeral(public: bytes) -> None:
+    """Refuse an X25519 public key that cannot give a session key (a low-order point),
+    so a relay can refuse a join *before* it keeps any state for it.
+
+    Raises:
+        RemoteProtocolError: (``code="malformed"``) the key is unusable.
+    """
+    _check_length(public, EPHEMERAL_BYTES, "ephemeral")
+    if not _probe_key:
+        _probe_key.append(X25519PrivateKey.generate())
+    _exchange(_probe_key[0], public)
 
 
 def _ephemeral_key(random_bytes: Callable[[int], bytes]) -> tuple[X25519PrivateKey, bytes]:

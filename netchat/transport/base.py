@@ -7,12 +7,13 @@ obtained, the hub and the client code are written once against these interfaces 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LocalProtocolError
 from ..protocol.frames import Frame
 from ..protocol.limits import MAX_FRAME_BYTES
 from .registry import Proto
@@ -68,6 +69,9 @@ class ServerConfig:
     accept_plain_anywhere: bool = False
     server_name: str = "netchat"
     motd: str = ""
+    #: the chat's shared secret ("" = an open chat): TCP asks for it before a name,
+    #: UDP seals every datagram under keys derived from it (never shown in a repr)
+    password: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -91,6 +95,23 @@ class ServerConfig:
         _check_range("line_gap", self.line_gap, 0.01, 10)
         if not self.server_name.strip():
             raise ConfigError("server_name must not be empty", field="server_name")
+        if self.password:
+            _check_password(self.password)
+            if self.accept_plain:
+                raise ConfigError(
+                    "accept_plain cannot be used with a password: plain datagram clients"
+                    " cannot prove they know it",
+                    field="accept_plain",
+                )
+
+
+def _check_password(password: str) -> None:
+    from ..protocol.seal import normalize_password  # loads cryptography: only when needed
+
+    try:
+        normalize_password(password)
+    except LocalProtocolError as exc:
+        raise ConfigError(str(exc), field="password") from None
 
 
 def _check_range(name: str, value: float, low: float, high: float = math.inf) -> None:

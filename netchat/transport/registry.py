@@ -31,9 +31,10 @@ class TransportEntry:
     """Where a transport's classes live, as ``"module:Class"`` (imported when used).
 
     ``server`` is built as ``Server(hub, config)`` and ``client`` as
-    ``Client(host, port, connect_timeout=seconds)``. ``stream`` says whether it runs
-    over TCP (a byte stream: ``nc`` can join, a plain client sends lines) or over UDP
-    (datagrams).
+    ``Client(host, port, connect_timeout=seconds)``, plus ``password=`` for a datagram
+    client in a chat with one (it seals; a stream client's password goes in its
+    hello). ``stream`` says whether it runs over TCP (a byte stream: ``nc`` can join,
+    a plain client sends lines) or over UDP (datagrams).
     """
 
     summary: str
@@ -83,8 +84,21 @@ def make_server_transport(proto: Proto, hub: Hub, config: ServerConfig) -> Serve
 
 
 def make_client_transport(
-    proto: Proto, host: str, port: int, *, connect_timeout: float = 10.0
+    proto: Proto,
+    host: str,
+    port: int,
+    *,
+    connect_timeout: float = 10.0,
+    password: str | None = None,
 ) -> ClientTransport:
-    """A client transport for ``proto``, not yet connected."""
+    """A client transport for ``proto``, not yet connected.
+
+    Args:
+        password: for a datagram transport, the chat's password (it seals every
+            datagram); a stream transport takes none.
+    """
     factory = _load(TRANSPORTS[Proto(proto)].client)
-    return cast("ClientTransport", factory(host, port, connect_timeout=connect_timeout))
+    options: dict[str, Any] = {"connect_timeout": connect_timeout}
+    if password:
+        options["password"] = password
+    return cast("ClientTransport", factory(host, port, **options))

@@ -47,7 +47,8 @@ from ..errors import Rejected
 from ..hub import Hub
 from ..protocol.frames import Error
 from ..protocol.render import render_text
-from ..session import Phase, ServerSession, SessionPolicy, data_to_send_many
+from ..protocol.seal import PasswordVerifier
+from ..session import LIVE_PHASES, Phase, ServerSession, SessionPolicy, data_to_send_many
 from .base import ServerConfig
 
 log = logging.getLogger("netchat.tcp")
@@ -103,7 +104,7 @@ class TcpConnection:
         session, sock = self.session, self.sock
         flush = self.flush_with_everyone
         flush()  # the banner
-        while session.phase in (Phase.REGISTERING, Phase.JOINED):
+        while session.phase in LIVE_PHASES:
             now = time.monotonic()
             paused = session.paused_until
             if paused is not None:
@@ -362,6 +363,7 @@ class TcpServer:
             registration_timeout=config.registration_timeout,
             ping_interval=config.ping_interval,
             line_gap=config.line_gap,
+            password=PasswordVerifier(config.password) if config.password else None,
         )
         self.admission = Admission(config.max_clients, config.max_per_address, config.max_pending)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET

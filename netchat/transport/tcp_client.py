@@ -54,7 +54,7 @@ from ..errors import (
     TransportError,
     TransportTimeout,
 )
-from ..protocol.banner import BANNER_TAG, banner_version
+from ..protocol.banner import BANNER_TAG, banner_version, banner_wants_password
 from ..protocol.frames import Frame, decode_frame, encode_frame
 from ..protocol.limits import MAX_FRAME_BYTES, PROTOCOL_VERSION
 from ..protocol.stream import LineReader
@@ -162,10 +162,12 @@ class Greeting:
 
     ``version`` is the netchat protocol version its banner announced, or ``None`` for
     a foreign server, whose bytes so far are in ``data`` (to be shown to the user).
+    ``password``: the banner said the chat needs a password.
     """
 
     version: int | None
     data: bytes = b""
+    password: bool = False
 
     @property
     def netchat(self) -> bool:
@@ -313,7 +315,7 @@ class TcpClientTransport:
                 f" speaks version {PROTOCOL_VERSION} (upgrade netchat, or use --plain)"
             )
         self._reader.feed(rest)
-        return Greeting(version)
+        return Greeting(version, password=banner_wants_password(line))
 
     def send(self, frame: Frame) -> None:
         """Send one frame; safe to call from several threads.

@@ -20,6 +20,16 @@ this side reassembles them; a frame *we* would send that does not fit in
 :data:`~netchat.protocol.limits.MAX_DATAGRAM_BYTES` is refused locally with an
 ``Error("too-large")`` frame delivered through :meth:`receive`, not sent.
 
+With a password the join is the sealed one of PROTOCOL.md ("The relay join",
+through :class:`~netchat.protocol.envelope.ClientKeys`): the cookie comes with the
+chat's salt, scrypt runs once, and the relay's ACCEPT proves that it knows the
+password too. After it every datagram is sealed and opened at the socket edge by
+the session's :class:`~netchat.protocol.envelope.Envelope`; one that does not open
+is dropped and counted (``forged``, ``replayed``), never shown. Nothing is ever
+sent in clear but the cookie request, and a NOTICE (which nobody signs) is only a
+hint: ``not-joined`` does not end a sealed session (a relay that really forgot us
+stops answering our heartbeats, and that does).
+
 The round-trip time shown by ``/stats`` comes from our own exchanges: the cookie
 request at connect, then every heartbeat (the server's PONG echoes the PING's nonce),
 smoothed as TCP does (RFC 6298: 7/8 old, 1/8 new).
@@ -35,19 +45,25 @@ import itertools
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from ..errors import (
+    AuthenticationFailed,
     ConnectError,
     ConnectionClosed,
     ForeignServer,
     LocalProtocolError,
+    Rejected,
     RemoteProtocolError,
+    ReplayedDatagram,
 )
 from ..events import FrameInbox
 from ..protocol import datagram as dg
+from ..protocol.envelope import CLEAR, ClientKeys, Envelope, is_layout
 from ..protocol.frames import Error, Frame, Hello, Info, Welcome, decode_frame, encode_frame
 from ..protocol.limits import MAX_DATAGRAM_BYTES
+from ..protocol.seal import SEAL_OVERHEAD, SEALED_VERSION
 from ..protocol.text import sanitize_text
 from .tcp_client import describe_os_error, format_address
 from .waiting import wait_readable
@@ -78,6 +94,11 @@ class UdpClientTransport:
         connect_timeout: seconds :meth:`connect` waits for the server's cookie.
         reorder_window: seconds a gap may stay open for a late datagram.
         clock: monotonic time source.
+        password: the chat's password; every datagram is then sealed (None or
+            empty: an open chat).
+
+    Raises:
+        LocalProtocolError: the password is unusable (empty after all, or too long).
     """
 
     def __init__(
@@ -88,6 +109,7 @@ class UdpClientTransport:
         connect_timeout: float = 5.0,
         reorder_window: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        password: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -122,6 +144,13 @@ class UdpClientTransport:
         self._ended = False
         self._bytes_in = 0
         self._bytes_out = 0
+        #: a chat with a password: the join proves it, every datagram is sealed
+        self._keys = ClientKeys(password) if password else None
+        #: how datagrams travel; a sealed session has none until the relay's ACCEPT
+        self._envelope: Envelope | None = CLEAR if self._keys is None else None
+        self._early_sealed: list[bytes] = []  # sealed datagrams that beat the ACCEPT
+        self._refused: Counter[str] = Counter()  # datagrams that did not open
+        self._max_request = MAX_REQUEST_BYTES - (SEAL_OVERHEAD if self._keys is not None else 0)
 
     @property
     def _where(self) -> str:
@@ -172,9 +201,10 @@ class UdpClientTransport:
         self._thread.start()
 
     def _fetch_cookie(self, sock: socket.socket) -> bytes:
+        keys = self._keys
         deadline = self._clock() + self.connect_timeout
         while (remaining := deadline - self._clock()) > 0:
-            request = dg.encode_hello(dg.NO_COOKIE)
+            request = dg.encode_hello(dg.NO_COOKIE) if keys is None else keys.cookie_request()
             try:
                 sent_at = self._clock()
                 sock.send(request)
@@ -190,6 +220,15 @@ class UdpClientTransport:
                     raise ConnectionClosed("connection closed") from exc
                 raise ConnectError(f"cannot reach {self._where}: {describe_os_error(exc)}") from exc
             self._bytes_in += len(data)
+            if keys is not None and is_layout(data, SEALED_VERSION, dg.Kind.COOKIE):
+                self._note_rtt(self._clock() - sent_at)
+                try:
+                    cookie = keys.take_cookie(data)  # the first one runs scrypt
+                except RemoteProtocolError:
+                    continue
+                if cookie is not None:
+                    return cookie
+                continue
             try:
                 answer = dg.decode_datagram(data)
             except RemoteProtocolError as exc:
@@ -199,12 +238,25 @@ class UdpClientTransport:
                         f"{self._where} does not speak netchat (it sent {sample!r})"
                     ) from None
                 continue  # netchat, but damaged or of another layout version
-            if isinstance(answer, dg.Cookie):
+            if isinstance(answer, dg.Cookie) and keys is None:
                 self._note_rtt(self._clock() - sent_at)
                 return answer.cookie
             if isinstance(answer, dg.Notice):
-                raise ConnectError(f"{self._where} refused us: {answer.code}")
+                raise self._refusal(answer.code)
         raise ConnectError(f"no answer from {self._where} within {self.connect_timeout:g} s")
+
+    def _refusal(self, code: str) -> ConnectError | Rejected:
+        """What a NOTICE answering our cookie request means."""
+        if code == "needs-password":
+            return Rejected(f"{self._where}: this chat needs a password", code="needs-password")
+        if code == "version" and self._keys is not None:
+            # It could not read a sealed datagram: a relay without a password.
+            return Rejected(
+                f"{self._where} has no password (anyone who can reach it can read the chat);"
+                " join it without one",
+                code="no-password",
+            )
+        return ConnectError(f"{self._where} refused us: {code}")
 
     def send(self, frame: Frame) -> None:
         """Send one frame; a ``Hello`` starts the join.
@@ -228,16 +280,16 @@ class UdpClientTransport:
                 self._join_attempts = 0
             self._send_join()
             return
-        if len(payload) > MAX_REQUEST_BYTES:
+        if len(payload) > self._max_request:
             self._refuse(
                 f"message not sent: {len(payload)} bytes encoded, but a UDP datagram holds"
-                f" {MAX_REQUEST_BYTES}; shorten it (or use --proto tcp)"
+                f" {self._max_request}; shorten it (or use --proto tcp)"
             )
             return
         with self._lock:
             seq = self._send_seq
             self._send_seq += 1
-        self._send_raw(dg.encode_data(seq, payload))
+        self._send(dg.encode_data(seq, payload))
 
     def receive(self, timeout: float | None = None) -> Frame | None:
         return self._frames.get(timeout)
@@ -254,7 +306,7 @@ class UdpClientTransport:
             self._closed.set()
         if say_bye:
             with contextlib.suppress(ConnectionClosed):
-                self._send_raw(dg.encode_bye("client closed"))
+                self._send(dg.encode_bye("client closed"))
         if sock is not None:
             # Wakes a poll() on another thread at once (connect's or the receiver's).
             with contextlib.suppress(OSError):
@@ -271,7 +323,7 @@ class UdpClientTransport:
         ones put back in order, ``bytes_in``/``bytes_out`` (datagrams, headers included)
         and ``rtt_us``, the smoothed round-trip time in microseconds (0 until measured)."""
         tracker = self._tracker
-        return {
+        stats = {
             "lost": tracker.lost,
             "duplicates": tracker.duplicates,
             "reordered": tracker.reordered,
@@ -279,6 +331,9 @@ class UdpClientTransport:
             "bytes_out": self._bytes_out,
             "rtt_us": round(self._rtt * 1_000_000) if self._rtt is not None else 0,
         }
+        if self._keys is not None:  # sealed: what did not open (forged, replayed)
+            stats.update({"forged": 0, "replayed": 0, **self._refused})
+        return stats
 
     # --- internals ----------------------------------------------------------------------
 
@@ -288,6 +343,13 @@ class UdpClientTransport:
     def _note_rtt(self, sample: float) -> None:
         rtt = self._rtt
         self._rtt = sample if rtt is None else rtt + (sample - rtt) / 8
+
+    def _send(self, datagram: bytes) -> None:
+        """Send a layout-1 datagram the way this session's datagrams travel."""
+        envelope = self._envelope
+        if envelope is None:  # sealed, and no keys before the relay's ACCEPT
+            raise ConnectionClosed("not joined yet")
+        self._send_raw(envelope.seal(datagram))
 
     def _send_raw(self, datagram: bytes) -> None:
         sock = self._sock
@@ -312,7 +374,10 @@ class UdpClientTransport:
                 return
             self._join_attempts += 1
             self._join_sent_at = self._clock()
-            datagram = dg.encode_hello(self._cookie, hello)
+            if self._keys is None:
+                datagram = dg.encode_hello(self._cookie, hello)
+            else:  # the same sealed bytes for every retry with this cookie
+                datagram = self._keys.hello(self._cookie, hello)
         self._send_raw(datagram)
 
     def _end(self, reason: str) -> None:
@@ -362,12 +427,48 @@ class UdpClientTransport:
                 return  # shut down by close()
             self._bytes_in += len(data)
             now = self._clock()
-            try:
-                datagram = dg.decode_datagram(data)
-            except RemoteProtocolError:
-                continue  # not netchat, or damaged: nothing to show
-            self._last_heard = now
+            datagram = self._open(data)
+            if datagram is None:
+                continue  # not netchat, damaged, or (sealed) not from the relay
+            if self._keys is None or not isinstance(datagram, dg.Notice):
+                self._last_heard = now  # (nobody signs a NOTICE)
             self._on_datagram(datagram, now)
+
+    def _open(self, data: bytes) -> dg.Datagram | None:
+        """The datagram in ``data``, opened if the chat is sealed; None if it does not
+        open (counted) or is of no use."""
+        keys = self._keys
+        try:
+            if keys is None or is_layout(data, dg.DATAGRAM_VERSION, dg.Kind.NOTICE):
+                return dg.decode_datagram(data)
+            if not is_layout(data, SEALED_VERSION):
+                self._refused["unsealed"] += 1
+                return None
+            joining = self._accepted is None and self._hello is not None
+            if data[3] == dg.Kind.COOKIE:  # our cookie expired: a new one, same salt
+                cookie = keys.take_cookie(data) if joining else None
+                return dg.Cookie(cookie) if cookie is not None else None
+            if data[3] in (dg.Kind.ACCEPT, dg.Kind.REJECT):
+                if not joining:
+                    return None  # a copy of the answer we already have
+                plain, session = keys.finish(data)
+                answer = dg.decode_datagram(plain)
+                if isinstance(answer, dg.Accept):
+                    self._envelope = session
+                return answer
+            envelope = self._envelope
+            if envelope is None:  # it beat the ACCEPT that brings its keys
+                if len(self._early_sealed) < MAX_EARLY_DATAGRAMS:
+                    self._early_sealed.append(data)
+                return None
+            return dg.decode_datagram(envelope.open(data))
+        except AuthenticationFailed:
+            self._refused["forged"] += 1
+        except ReplayedDatagram:
+            self._refused["replayed"] += 1
+        except RemoteProtocolError:
+            pass  # not netchat, or damaged: nothing to show
+        return None
 
     def _on_datagram(self, datagram: dg.Datagram, now: float) -> None:
         if isinstance(datagram, dg.Data):
@@ -393,10 +494,22 @@ class UdpClientTransport:
                 self._on_reject(datagram)
         elif isinstance(datagram, dg.Bye):
             self._end(f"the server closed the session ({datagram.reason or 'no reason given'})")
-        elif isinstance(datagram, dg.Notice) and datagram.code == "not-joined":
+        elif isinstance(datagram, dg.Notice):
+            self._on_notice(datagram.code)
+        # Datagrams of other kinds are not for a client: they change nothing here.
+
+    def _on_notice(self, code: str) -> None:
+        """A NOTICE answers a datagram the server could not use. Nobody signs one, so
+        in a sealed chat it is only believed where that costs nothing but a join."""
+        if code == "not-joined" and self._keys is None:
             self._end("the server no longer knows us (did it restart?)")
-        # Other notices answer a datagram the server could not use; datagrams of other
-        # kinds are not for a client. Neither changes anything here.
+        elif code == "not-joined":
+            self._refused["notices_ignored"] += 1
+        elif code == "bad-password" and self._keys is not None and self._accepted is None:
+            with self._lock:
+                joining, self._hello = self._hello is not None, None
+            if joining:
+                self._frames.put(Error("bad-password", "wrong password: the relay refused it"))
 
     def _on_accept(self, accept: dg.Accept, now: float) -> None:
         with self._lock:
@@ -408,6 +521,11 @@ class UdpClientTransport:
         early, self._early = self._early, []
         for data in early:
             self._on_data(data, now)
+        early_sealed, self._early_sealed = self._early_sealed, []
+        for sealed in early_sealed:
+            datagram = self._open(sealed)
+            if isinstance(datagram, dg.Data):
+                self._on_data(datagram, now)
 
     def _on_reject(self, reject: dg.Reject) -> None:
         with self._lock:
@@ -464,7 +582,7 @@ class UdpClientTransport:
             self._ping_nonce = next(self._nonces)
             self._ping_sent_at = now
             with contextlib.suppress(ConnectionClosed):
-                self._send_raw(dg.encode_ping(self._ping_nonce, self._tracker.next_seq))
+                self._send(dg.encode_ping(self._ping_nonce, self._tracker.next_seq))
 
 
 class PlainUdpTransport:

@@ -21,7 +21,13 @@ says once how to let such clients in.
 
 A validated member is a :class:`~netchat.session.ServerSession` (the same one TCP
 uses, in its datagram policy) plus the datagram layer's state: the address, the
-replay window for its sequence numbers and the next number of ours. The relay
+replay window for its sequence numbers, the next number of ours and its
+:class:`~netchat.protocol.envelope.Envelope`. In a chat with a password every
+member's datagrams are sealed and opened at the socket edge by its envelope, and a
+stranger's join goes through :class:`~netchat.protocol.envelope.RelayKeys` (the
+relay still keeps nothing for a source until its cookie verifies, and nothing for a
+HELLO that does not prove the password); anything that does not open is dropped
+and counted (``forged``, ``replayed``, ``bad_password``), never shown. The relay
 hands every unit of a DATA datagram to the session and sends what the session owes
 in as few datagrams as the size limit allows
 (:func:`~netchat.protocol.datagram.pack_data`); the hub's stream log keeps a
@@ -48,11 +54,13 @@ from collections import Counter
 from collections.abc import Callable
 
 from ..admission import Admission
-from ..errors import Rejected, RemoteProtocolError
+from ..errors import AuthenticationFailed, Rejected, RemoteProtocolError, ReplayedDatagram
 from ..hub import Hub
 from ..protocol import datagram as dg
+from ..protocol.envelope import CLEAR, Envelope, RelayKeys, is_layout
 from ..protocol.frames import Error, Hello, decode_frame, encode_frame
 from ..protocol.limits import MAX_DATAGRAM_BYTES
+from ..protocol.seal import SEALED_VERSION, HelloFields
 from ..session import Phase, ServerSession, SessionJoined, SessionPolicy
 from .base import ServerConfig
 from .waiting import wait_readable
@@ -97,8 +105,11 @@ class UdpMember:
     """A validated address: its session and the datagram layer's state for it."""
 
     __slots__ = (
+        "accept",
         "address",
         "bye_sent",
+        "envelope",
+        "ephemeral",
         "name",
         "needs_accept",
         "next_seq",
@@ -119,6 +130,12 @@ class UdpMember:
         self.needs_accept = not plain
         self.pong: int | None = None  # the nonce of a PING to answer
         self.bye_sent = False
+        #: the ACCEPT, kept to be resent as it is if the client's HELLO comes again
+        self.accept = b""
+        #: how its datagrams travel (sealed in a chat with a password)
+        self.envelope: Envelope = CLEAR
+        #: the client ephemeral of its sealed HELLO (a retry repeats it)
+        self.ephemeral = b""
 
 
 class UdpRelayServer:
@@ -168,6 +185,10 @@ class UdpRelayServer:
             self.policy, silence_timeout=PLAIN_SILENCE, plain_first_line="message"
         )
         self.admission = Admission(config.max_clients, config.max_per_address, config.max_pending)
+        #: a chat with a password: joins prove it, every datagram is sealed
+        self.keys = RelayKeys(config.password) if config.password else None
+        sealing = self.keys.overhead if self.keys is not None else 0
+        self._room = _ROOM - sealing
         self._plain_knock_logged = False
         self._clock = clock
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -291,6 +312,14 @@ class UdpRelayServer:
         if member is not None and member.plain:
             self._from_plain_member(member, data, now)
             return
+        if self.keys is not None:
+            if member is None:
+                self._from_sealed_stranger(self.keys, data, address, now)
+                return
+            opened = self._open_sealed(member, data)
+            if opened is None:
+                return
+            data = opened
         try:
             datagram = dg.decode_datagram(data)
         except RemoteProtocolError as exc:
@@ -399,20 +428,102 @@ class UdpRelayServer:
         else:  # a BYE from a forgotten member, or a server-bound kind: nothing to say
             self.counters["bad_datagrams"] += 1
 
-    def _join(self, address: Address, payload: bytes, now: float) -> None:
-        """A cookie-validated HELLO: the address is proven, so a REJECT may be sent."""
+    # --- a chat with a password: sealed at the edge ---------------------------------------
+
+    def _open_sealed(self, member: UdpMember, data: bytes) -> bytes | None:
+        """A member's datagram opened (layout 1), or None: dropped and counted."""
+        if is_layout(data, SEALED_VERSION, dg.Kind.HELLO):
+            # Its HELLO again: our ACCEPT was lost. The same bytes go back (they are
+            # sealed under the session's keys); any other HELLO is not this member's.
+            try:
+                same = RelayKeys.hello_fields(data).client_ephemeral == member.ephemeral
+            except RemoteProtocolError:
+                same = False
+            if same:
+                member.needs_accept = True
+            else:
+                self.counters["bad_datagrams"] += 1
+            return None
+        try:
+            return member.envelope.open(data)
+        except AuthenticationFailed:
+            self.counters["forged"] += 1
+        except ReplayedDatagram:
+            self.counters["replayed"] += 1
+        except RemoteProtocolError:
+            self.counters["bad_datagrams"] += 1
+        return None
+
+    def _from_sealed_stranger(
+        self, keys: RelayKeys, data: bytes, address: Address, now: float
+    ) -> None:
+        """A datagram from a source that has not joined a chat with a password: a
+        cookie request, a sealed HELLO, or something we can only say a word about."""
+        host, port = address
+        received = len(data)
+        if not is_layout(data, SEALED_VERSION):
+            self.counters["bad_datagrams"] += 1
+            if is_layout(data, dg.DATAGRAM_VERSION):
+                self._notice(address, "needs-password", received, now)  # netchat, no password
+            elif data[:2] == dg.MAGIC:
+                self._notice(address, "version", received, now)
+            else:
+                self._plain_knock(data, address, now)
+            return
+        if keys.is_cookie_request(data):
+            self.counters["cookies"] += 1
+            cookie = self._cookies.issue(host, port, now)
+            self._reply_stateless(address, keys.cookie(cookie), received, now)
+            return
+        try:
+            fields = keys.hello_fields(data)
+        except RemoteProtocolError as exc:
+            # A sealed DATA or PING from a member we no longer know (we restarted).
+            self.counters["bad_datagrams"] += 1
+            lost = data[3] in (dg.Kind.DATA, dg.Kind.PING)
+            self._notice(address, "not-joined" if lost else exc.code, received, now)
+            return
+        if not self._cookies.verify(fields.cookie, host, port, now):
+            self.counters["cookies"] += 1
+            cookie = self._cookies.issue(host, port, now)
+            self._reply_stateless(address, keys.cookie(cookie), received, now)
+            return
+        try:
+            plain = keys.open_hello(data, fields, now)
+            hello = dg.decode_datagram(plain)
+        except AuthenticationFailed:
+            self.counters["bad_password"] += 1
+            log.debug("%s: a join with the wrong password", format_address(address))
+            self._notice(address, "bad-password", received, now)
+            return
+        except ReplayedDatagram:
+            self.counters["replayed"] += 1
+            return
+        except RemoteProtocolError:
+            self.counters["bad_datagrams"] += 1
+            return
+        assert isinstance(hello, dg.Hello)
+        self._join(address, hello.payload, now, fields)
+
+    # --- joining -------------------------------------------------------------------------
+
+    def _join(
+        self, address: Address, payload: bytes, now: float, sealed: HelloFields | None = None
+    ) -> None:
+        """A cookie-validated HELLO: the address is proven, so a REJECT may be sent
+        (sealed, when the HELLO was)."""
         try:
             hello = decode_frame(payload)
         except RemoteProtocolError as exc:
-            self._reject(address, Error(exc.code, f"bad hello: {exc}"))
+            self._reject(address, Error(exc.code, f"bad hello: {exc}"), sealed)
             return
         if not isinstance(hello, Hello):
-            self._reject(address, Error("not-joined", "join first: send a hello frame"))
+            self._reject(address, Error("not-joined", "join first: send a hello frame"), sealed)
             return
         try:
             ticket = self.admission.admit(address[0])
         except Rejected as exc:
-            self._reject(address, Error(exc.code, str(exc)))
+            self._reject(address, Error(exc.code, str(exc)), sealed)
             return
         session = ServerSession(
             self.hub,
@@ -430,15 +541,25 @@ class UdpRelayServer:
                 error = decode_frame(refusal)
             except RemoteProtocolError:
                 error = Error("rejected", "the join was refused")
-            self._reject(address, error if isinstance(error, Error) else Error("rejected", ""))
+            self._reject(
+                address, error if isinstance(error, Error) else Error("rejected", ""), sealed
+            )
             return
-        self._members[address] = UdpMember(address, session)
+        member = UdpMember(address, session)
+        member.accept = dg.encode_accept(1, int(self.heartbeat_interval * 1000), member.name)
+        if sealed is not None and self.keys is not None:
+            member.accept, member.envelope = self.keys.answer(sealed, member.accept)
+            member.ephemeral = sealed.client_ephemeral
+        self._members[address] = member
         self.counters["joins"] += 1
 
-    def _reject(self, address: Address, error: Error) -> None:
+    def _reject(self, address: Address, error: Error, sealed: HelloFields | None = None) -> None:
         self.counters["rejects"] += 1
         body = encode_frame(Error(error.code, error.text[:300], error.suggestion))
-        self._send(dg.encode_reject(body), address)
+        reply = dg.encode_reject(body)
+        if sealed is not None and self.keys is not None:
+            reply, _ = self.keys.answer(sealed, reply)
+        self._send(reply, address)
 
     def _from_member(self, member: UdpMember, datagram: dg.Datagram, now: float) -> None:
         session = member.session
@@ -471,6 +592,8 @@ class UdpRelayServer:
         """Send every member what it is owed, in order, packed into few datagrams."""
         sendto = self._sock.sendto
         pack_header = _DATA_HEADER.pack
+        room = self._room
+        sealed = self.keys is not None
         datagrams_out = bytes_out = units_out = 0
         for member in list(self._members.values()):
             session = member.session
@@ -493,7 +616,7 @@ class UdpRelayServer:
                 self._end(member)
                 continue
             units = data.count(b"\n")
-            if len(data) > _ROOM or not units:
+            if len(data) > room or not units:
                 sent, sent_bytes, units = self._flush_member(member, data)
                 datagrams_out += sent
                 bytes_out += sent_bytes
@@ -503,6 +626,8 @@ class UdpRelayServer:
             seq = member.next_seq
             member.next_seq = seq + units
             datagram = pack_header(dg.MAGIC, dg.DATAGRAM_VERSION, dg.Kind.DATA, seq, 0) + data
+            if sealed:
+                datagram = member.envelope.seal(datagram)
             try:
                 sendto(datagram, member.address)
             except OSError as exc:
@@ -522,23 +647,26 @@ class UdpRelayServer:
         session = member.session
         if data is None:
             data = session.data_to_send()
+        envelope = member.envelope
         datagrams: list[bytes] = []
         if member.needs_accept:
             member.needs_accept = False
-            heartbeat_ms = int(self.heartbeat_interval * 1000)
-            datagrams.append(dg.encode_accept(1, heartbeat_ms, member.name))
+            datagrams.append(member.accept)  # sealed already in a chat with a password
         units = 0
+        plain: list[bytes] = []
         if data and not session.abort:
             frames = [line + b"\n" for line in data.split(b"\n")[:-1]]
             units = len(frames)
-            packed, member.next_seq = dg.pack_data(member.next_seq, frames)
-            datagrams += packed
+            room = MAX_DATAGRAM_BYTES - envelope.overhead
+            packed, member.next_seq = dg.pack_data(member.next_seq, frames, room)
+            plain += packed
         if member.pong is not None:
-            datagrams.append(dg.encode_pong(member.pong, member.next_seq))
+            plain.append(dg.encode_pong(member.pong, member.next_seq))
             member.pong = None
         if session.phase is not Phase.JOINED:
-            datagrams.append(dg.encode_bye(session.close_reason or "closed"))
+            plain.append(dg.encode_bye(session.close_reason or "closed"))
             member.bye_sent = True
+        datagrams += [envelope.seal(datagram) for datagram in plain]
         sent = sent_bytes = 0
         for datagram in datagrams:
             if self._send_counted(datagram, member.address):
