@@ -143,7 +143,3 @@ def test_bad_workloads_are_refused_before_anything_starts(
 ) -> None:
     with pytest.raises(InvalidParameter, match=message):
         BenchParams(**fields)  # type: ignore[arg-type]
-
-
-def test_every_member_but_the_sender_should_receive() -> None:
-    assert BenchParams(clients=5, senders=2, messages=10).expected_per_row == 2 * 10 * 4

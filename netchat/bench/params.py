@@ -144,11 +144,6 @@ class BenchParams:
         if self.target is not None and self.max_queue is not None:
             raise InvalidParameter("--max-queue applies to a server the bench starts, not --target")
 
-    @property
-    def expected_per_row(self) -> int:
-        """Deliveries a row should see: every message to every member but its sender."""
-        return self.senders * self.messages * (self.clients - 1)
-
     def as_dict(self) -> dict[str, object]:
         """The settings as they appear under ``params`` in the JSON document."""
         return {

@@ -200,11 +200,6 @@ def sanitize_text(text: str, *, keep_blanks: bool = False) -> str:
     return text
 
 
-def is_safe_text(text: str) -> bool:
-    """True when ``text`` holds nothing :func:`sanitize_text` would change."""
-    return sanitize_text(text) == text
-
-
 def quote_input(text: str, limit: int = 32) -> str:
     """``text`` from a user, quoted for an error message, in bounded size.
 

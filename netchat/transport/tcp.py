@@ -398,11 +398,6 @@ class TcpServer:
         host, port = self._listener.getsockname()[:2]
         return str(host), int(port)
 
-    @property
-    def connection_count(self) -> int:
-        """Connections being served (joined or not)."""
-        return len(self._snapshot)
-
     def serve_forever(self) -> None:
         """Accept and serve until :meth:`shutdown`; then say goodbye and release all."""
         self._serving_thread = threading.get_ident()
