@@ -86,6 +86,8 @@ class TcpConnection:
         self._send_lock = threading.Lock()  # one sender at a time keeps bytes in order
         self._missed = False  # a flush found the lock taken: look again after release
         self._receive_timeout = -1.0
+        #: why a send failed: the connection is dead, whatever recv says next
+        self.send_error: OSError | None = None
         self.thread = threading.Thread(target=self.run, name=f"netchat-{peer}", daemon=True)
 
     # --- the connection's thread ---------------------------------------------------------
@@ -115,13 +117,18 @@ class TcpConnection:
             self._set_receive_timeout(session.next_deadline(), now)
             try:
                 data = sock.recv(_RECV_BYTES)
-            except (BlockingIOError, TimeoutError):  # the session's deadline came
+            except BlockingIOError:  # SO_RCVTIMEO expired: the session's deadline came
                 session.tick(time.monotonic())
                 flush()
                 continue
-            except OSError as exc:
-                quiet = exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
-                session.connection_lost("" if quiet else (exc.strerror or str(exc)).lower())
+            except OSError as exc:  # TimeoutError included: keepalive or TCP_USER_TIMEOUT
+                session.connection_lost(_loss_detail(exc))
+                return
+            if not data and self.send_error is not None:
+                # The kernel reports a connection's error once, to the first call that
+                # asks: when a send took it (a reset, a TCP_USER_TIMEOUT), recv sees
+                # only an end of file, which is no goodbye.
+                session.connection_lost(_loss_detail(self.send_error))
                 return
             # Joins and closes need nothing from here: the loop follows the phase.
             now = time.monotonic()
@@ -221,8 +228,9 @@ class TcpConnection:
             sent = self.sock.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
-        except OSError:
+        except OSError as exc:
             self._unsent = b""  # the connection is dead; its thread finds out on recv
+            self.send_error = exc
             return True
         self._unsent = data[sent:] if sent < len(data) else b""
         if self._unsent:
@@ -581,6 +589,13 @@ def _tune(sock: socket.socket) -> None:
         # While a chat is active, unacknowledged data keeps keepalive from ever
         # probing: this bounds how long a vanished peer is retransmitted to.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+
+
+def _loss_detail(exc: OSError) -> str:
+    """What a lost connection's departure says: nothing for the usual ways to die."""
+    if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+        return ""
+    return (exc.strerror or str(exc)).lower()
 
 
 def _refuse(sock: socket.socket, reason: str) -> None:
