@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from ..admission import Admission
+from ..admission import Admission, RefusalLog
 from ..errors import Rejected
 from ..hub import Hub
 from ..protocol.frames import Error
@@ -344,6 +344,7 @@ class TcpServer:
             line_gap=config.line_gap,
         )
         self.admission = Admission(config.max_clients, config.max_per_address, config.max_pending)
+        self.refusals = RefusalLog(log)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._listener = socket.create_server(
             (config.host, config.port), family=family, backlog=4096
@@ -503,7 +504,7 @@ class TcpServer:
         try:
             ticket = self.admission.admit(address[0])
         except Rejected as exc:
-            log.warning("refused %s: %s", peer, exc)
+            self.refusals.note(peer, str(exc))
             _refuse(sock, str(exc))
             return
         try:

@@ -353,8 +353,7 @@ class UdpRelayServer:
             member.name = session.member.name
 
     def _from_plain_member(self, member: UdpMember, data: bytes, now: float) -> None:
-        for line in data.splitlines() or [b""]:
-            member.session.receive_unit(line, now)
+        member.session.receive_datagram(data.splitlines() or [b""], now)
 
     def _flush_plain(self, member: UdpMember) -> tuple[int, int]:
         """A plain member's lines, one datagram each; the datagrams and bytes sent."""
@@ -454,8 +453,7 @@ class UdpRelayServer:
                     )
                 )
                 return
-            for unit in datagram.units:
-                session.receive_unit(unit, now)
+            session.receive_datagram(datagram.units, now)
         elif isinstance(datagram, dg.Ping):
             member.pong = datagram.nonce
         elif isinstance(datagram, dg.Hello):
