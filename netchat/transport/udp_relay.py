@@ -69,6 +69,8 @@ MISSED_HEARTBEATS = 3
 RECEIVE_BATCH = 64
 #: Seconds a plain member may stay silent (it sends no heartbeats: only its lines).
 PLAIN_SILENCE = 600.0
+#: Least seconds between two PONGs a member's dropped DATA draws (see _nudge).
+NUDGE_INTERVAL = 1.0
 #: What a plain datagram gets back when plain clients are not accepted.
 PLAIN_HINT = b"! netchat: plain clients are off (--accept-plain)\n"
 #: Payload room in one DATA datagram, and its header.
@@ -102,6 +104,7 @@ class UdpMember:
         "name",
         "needs_accept",
         "next_seq",
+        "nudged_at",
         "plain",
         "pong",
         "replay",
@@ -118,6 +121,7 @@ class UdpMember:
         self.replay = dg.ReplayWindow()
         self.needs_accept = not plain
         self.pong: int | None = None  # the nonce of a PING to answer
+        self.nudged_at = float("-inf")  # when a dropped DATA last drew a PONG
         self.bye_sent = False
 
 
@@ -442,8 +446,11 @@ class UdpRelayServer:
     def _from_member(self, member: UdpMember, datagram: dg.Datagram, now: float) -> None:
         session = member.session
         if isinstance(datagram, dg.Data):
+            replayed = member.replay.duplicates
             if not member.replay.check(datagram.seq, len(datagram.units)):
                 self.counters["duplicates_in"] += 1  # or an implausible sequence number
+                if member.replay.duplicates > replayed:
+                    self._nudge(member, now)
                 return
             if datagram.more or datagram.cont:
                 session.refuse(
@@ -462,6 +469,17 @@ class UdpRelayServer:
             session.receive_data(b"", now)  # the client left
         else:
             self.counters["bad_datagrams"] += 1
+
+    def _nudge(self, member: UdpMember, now: float) -> None:
+        """A DATA from ``member``'s address fell behind its replay window: tell the
+        address at once (a PONG carries the highest number we accepted), at most once
+        a second. If someone forged that address and ran the numbers ahead, only the
+        real member receives this, and its client sees numbers it never sent
+        (issue 6 #11)."""
+        if member.pong is None and now - member.nudged_at >= NUDGE_INTERVAL:
+            member.nudged_at = now
+            member.pong = 0  # not a nonce the client chose: it only reads the numbers
+            self.counters["nudges"] += 1
 
     # --- sending ----------------------------------------------------------------------
 
@@ -532,7 +550,7 @@ class UdpRelayServer:
             packed, member.next_seq = dg.pack_data(member.next_seq, frames)
             datagrams += packed
         if member.pong is not None:
-            datagrams.append(dg.encode_pong(member.pong, member.next_seq))
+            datagrams.append(dg.encode_pong(member.pong, member.next_seq, member.replay.highest))
             member.pong = None
         if session.phase is not Phase.JOINED:
             datagrams.append(dg.encode_bye(session.close_reason or "closed"))
