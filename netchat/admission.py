@@ -13,6 +13,18 @@ class connecting all at once is young, so it is never evicted: the pool stretche
 connections also get a shorter registration deadline
 (:meth:`Admission.registration_timeout`).
 
+Age alone cannot stop an attacker who keeps opening connections faster than they
+age: the pool would stay full of young ones and lock everyone out. So when nobody in
+the full pool is old enough, a connection from another address pushes out the oldest
+pending connection of the address holding the most, if that address holds more than
+its fair share (``max_pending`` divided among the waiting addresses, and more than
+one). A class connecting at once (one connection per address) is never thinned out,
+and neither is a crowd behind one address by its own newcomers; a flood from a few
+addresses cannot keep anyone else out.
+
+Refusals are logged by :class:`RefusalLog`: a flood of refused connections writes a
+line per interval, not a line each.
+
 No sockets here: a transport asks :meth:`Admission.admit` before it spends a thread
 on a connection, :meth:`Admission.claim_member` just before it joins, and
 :meth:`Admission.release` when the connection ends.
@@ -20,6 +32,7 @@ on a connection, :meth:`Admission.claim_member` just before it joins, and
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -77,6 +90,7 @@ class Admission:
         self._members = 0
         self._pending: OrderedDict[int, Ticket] = OrderedDict()  # oldest first
         self._per_address: Counter[str] = Counter()
+        self._pending_per_address: Counter[str] = Counter()
         #: connections pushed out of the pending pool
         self.evicted = 0
 
@@ -110,6 +124,9 @@ class Admission:
                 oldest = next(iter(self._pending.values()))
                 if now - oldest.admitted_at >= MIN_EVICTABLE_AGE:
                     evicted = oldest
+                else:
+                    evicted = self._hog_locked(address)
+                if evicted is not None:
                     self._release_locked(evicted)
                     self.evicted += 1
                 elif len(self._pending) >= self.max_clients:
@@ -119,10 +136,22 @@ class Admission:
                     )
             ticket = Ticket(address, admitted_at=now)
             self._pending[id(ticket)] = ticket
+            self._pending_per_address[address] += 1
             self._per_address[address] += 1
         if evicted is not None:
             evicted.evict()
         return ticket
+
+    def _hog_locked(self, newcomer: str) -> Ticket | None:
+        """The oldest pending connection of the address holding the most pending
+        connections, if that is not ``newcomer``'s and holds more than its fair share."""
+        if not self._pending_per_address:
+            return None
+        hog, count = self._pending_per_address.most_common(1)[0]
+        fair_share = max(1.0, self.max_pending / len(self._pending_per_address))
+        if hog == newcomer or count <= fair_share:
+            return None
+        return next(ticket for ticket in self._pending.values() if ticket.address == hog)
 
     def registration_timeout(self, normal: float) -> float:
         """The deadline for a connection admitted now: shorter while the pending pool
@@ -154,6 +183,7 @@ class Admission:
             ticket.member = False
             self._members -= 1
             self._pending[id(ticket)] = ticket
+            self._pending_per_address[ticket.address] += 1
 
     def release(self, ticket: Ticket) -> None:
         """``ticket``'s connection ended. Idempotent."""
@@ -179,4 +209,52 @@ class Admission:
             del self._per_address[ticket.address]
 
     def _forget_pending_locked(self, ticket: Ticket) -> None:
-        self._pending.pop(id(ticket), None)
+        if self._pending.pop(id(ticket), None) is None:
+            return
+        self._pending_per_address[ticket.address] -= 1
+        if self._pending_per_address[ticket.address] <= 0:
+            del self._pending_per_address[ticket.address]
+
+
+class RefusalLog:
+    """Logs refused connections, at most one line per ``interval`` seconds: a flood of
+    refusals (a client's doing) must not write a line each. A line after a quiet
+    spell names the refusal; the next one says how many more there were meanwhile.
+
+    Args:
+        logger: where the lines go (at WARNING).
+        interval: least seconds between two lines.
+        clock: monotonic time source.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_line = float("-inf")
+        self._unlogged = 0
+        #: every refusal, logged or not
+        self.refused = 0
+
+    def note(self, peer: str, reason: str) -> None:
+        """``peer`` was refused for ``reason``."""
+        now = self._clock()
+        with self._lock:
+            self.refused += 1
+            if now - self._last_line < self.interval:
+                self._unlogged += 1
+                return
+            unlogged, self._unlogged = self._unlogged, 0
+            self._last_line = now
+        since = (
+            f" ({plural(unlogged, 'more connection')} refused in the last {self.interval:g} s)"
+            if unlogged
+            else ""
+        )
+        self._logger.warning("refused %s: %s%s", peer, reason, since)

@@ -58,7 +58,7 @@ import logging
 import re
 import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,18 @@ from .errors import CommandError, FrameTooLarge, LocalProtocolError, ProtocolErr
 from .hub import Hub, Member, Outbound
 from .protocol.banner import banner_line
 from .protocol.commands import parse_input, split_command
-from .protocol.frames import Error, Frame, Hello, Info, Ping, Quit, Shutdown, decode_frame
+from .protocol.frames import (
+    Error,
+    Frame,
+    Hello,
+    Help,
+    Info,
+    Ping,
+    Quit,
+    Shutdown,
+    Who,
+    decode_frame,
+)
 from .protocol.ratelimit import TokenBucket
 from .protocol.stream import LineReader
 from .protocol.text import name_problem, sanitize_text
@@ -207,6 +218,8 @@ class SessionPolicy:
 
 #: Pings a structured member may leave unanswered; it is dropped on the next one due.
 MISSED_PINGS_ALLOWED = 2
+#: Requests whose only effect is a reply to the sender.
+_REPLY_REQUESTS = (Help, Ping, Who)
 #: ``NAME: text``, as the lab's clients send it.
 _NAME_PREFIX = re.compile(r"([^\s:]+): (.*)", re.DOTALL)
 
@@ -336,6 +349,8 @@ class ServerSession:
         )
         self._name_prefix = ""  # "alice: " once alice registered that way
         self._digest = ErrorDigest(policy.error_window)
+        #: replies the datagram being handled may still draw (None: no such bound)
+        self._replies_left: int | None = None
         self._events: list[SessionEvent] = []
         self._take = hub.taker()
         self._max_queue = policy.max_queue
@@ -375,6 +390,23 @@ class ServerSession:
             self._bytes_in += len(unit)
             self._handle_line(unit.rstrip(b"\r\n"))
         return self._take_events()
+
+    def receive_datagram(self, units: Iterable[bytes], now: float) -> list[SessionEvent]:
+        """The units of one datagram, each as :meth:`receive_unit` would take it; all
+        together they draw at most one reply (an error, a pong, ``who``, ``help``).
+
+        netchat's clients send one request per datagram; a datagram packed with
+        requests must not make the server send many times what it received, to the
+        sender or to whoever's address it forged.
+        """
+        events: list[SessionEvent] = []
+        self._replies_left = 1
+        try:
+            for unit in units:
+                events += self.receive_unit(unit, now)
+        finally:
+            self._replies_left = None
+        return events
 
     def heard(self, now: float) -> None:
         """The client proved it is alive without sending a line (a datagram heartbeat)."""
@@ -749,7 +781,8 @@ class ServerSession:
         if text[0] == "/":
             command = split_command(text)
             if command is not None and command[0] == "stats":
-                self._send(Info(self._stats_text()))
+                if self._may_reply():
+                    self._send(Info(self._stats_text()))
                 return
         try:
             frame = parse_input(text)
@@ -764,6 +797,8 @@ class ServerSession:
             return
         if isinstance(frame, Quit):
             self._quit(frame.reason)
+            return
+        if isinstance(frame, _REPLY_REQUESTS) and not self._may_reply():
             return
         error = self.hub.handle(member, frame)
         if error is not None:
@@ -865,7 +900,19 @@ class ServerSession:
 
     # --- replies ---------------------------------------------------------------------------------
 
+    def _may_reply(self) -> bool:
+        """Whether one more reply fits the datagram's budget; counts it if not."""
+        if self._replies_left is None:
+            return True
+        if self._replies_left <= 0:
+            self.counters["replies_suppressed"] += 1
+            return False
+        self._replies_left -= 1
+        return True
+
     def _error(self, error: Error) -> None:
+        if not self._may_reply():
+            return
         if self._digest.admit(error.code, error.text, self._now):
             self._send_error(error)
         else:

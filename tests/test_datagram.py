@@ -56,6 +56,8 @@ def test_round_trips() -> None:
     assert dg.decode_datagram(dg.encode_accept(1, 5000, "zoë")) == dg.Accept(1, 5000, "zoë")
     assert dg.decode_datagram(dg.encode_ping(3, 9)) == dg.Ping(3, 9)
     assert dg.decode_datagram(dg.encode_pong(3, 9)) == dg.Pong(3, 9)
+    assert dg.decode_datagram(dg.encode_pong(3, 9, 2**64 - 1)) == dg.Pong(3, 9, 2**64 - 1)
+    assert len(dg.encode_pong(3, 9, 0)) == len(dg.encode_pong(3, 9)) + 8
     assert dg.decode_datagram(dg.encode_bye("quit")) == dg.Bye("quit")
     assert dg.decode_datagram(dg.encode_notice("not-joined")) == dg.Notice("not-joined")
     assert dg.decode_datagram(dg.encode_peer(b"12345678", 4, b"{}\n")) == dg.PeerData(

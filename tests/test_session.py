@@ -424,6 +424,20 @@ def test_datagram_excess_is_dropped_and_said_once_then_summarised() -> None:
     assert member.session.counters["rate_limited"] == 5
 
 
+def test_one_datagram_draws_one_reply_however_many_requests_it_packs() -> None:
+    hub = make_hub()
+    member = Pair(hub, SessionPolicy(stream=False, rate_limit=0))
+    member.session.receive_unit(json(Hello("max")), 0.0)
+    member.out()
+    packed = [json(Ping("a")), json(Ping("b")), b"junk\n", json(Say("still said")), b"junk\n"]
+    member.session.receive_datagram(packed, 0.0)
+    assert member.frames() == [Pong("a"), Message("max", "still said", TS, 2)]
+    assert member.session.counters["replies_suppressed"] == 3
+    # The next datagram has a reply of its own; a stream has no such bound.
+    member.session.receive_datagram([b"junk\n"], 0.0)
+    assert member.frames() == [Error("malformed", "frame dropped: frame is not valid JSON")]
+
+
 def test_repeated_identical_errors_are_summarised() -> None:
     client = Pair(policy=SessionPolicy(rate_limit=0, error_window=10.0))
     client.feed(b"nina\n")

@@ -20,8 +20,13 @@ WAIT = 10.0  # generous: shared CI machines are noisy, and a pass returns at onc
 class LineClient:
     """A connection that reads text lines (``\\r\\n`` stripped), like ``nc``."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = WAIT) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self, address: tuple[str, int], timeout: float = WAIT, source: str | None = None
+    ) -> None:
+        """Connect to ``address``; from the local address ``source`` if given."""
+        self.sock = socket.create_connection(
+            address, timeout=timeout, source_address=None if source is None else (source, 0)
+        )
         self.timeout = timeout
         self._buffer = b""
         self.lines: list[str] = []  # every line received so far, in order

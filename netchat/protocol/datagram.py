@@ -17,7 +17,8 @@ Every datagram starts with ``b"nc"``, the layout version and a kind byte
     REJECT  Error JSON                 the join was refused (name taken, full, …)
     DATA    seq(8) flags(1) payload    frames, both directions (flags: MORE, CONT)
     PING    nonce(8) ack(8)            client heartbeat
-    PONG    nonce(8) next_seq(8)       server answer; next_seq reveals tail loss
+    PONG    nonce(8) next_seq(8) [received(8)]   server answer; next_seq reveals tail
+                                       loss, received the client's highest unit accepted
     BYE     reason(UTF-8)              either side ends the session
     NOTICE  code(ASCII)                stateless error for an unvalidated source
     PEER    instance(8) seq(8) JSON    serverless multicast/broadcast peers
@@ -149,6 +150,7 @@ HEADERS: dict[Kind, struct.Struct] = {
     Kind.ACK: struct.Struct("!2sBBQQIHB"),
 }
 _DATA = HEADERS[Kind.DATA]
+_U64 = struct.Struct("!Q")
 DATA_HEADER_BYTES = _DATA.size
 NO_COOKIE = bytes(COOKIE_BYTES)
 
@@ -211,10 +213,16 @@ class Ping:
 
 @dataclass(frozen=True)
 class Pong:
-    """Heartbeat answer; ``next_seq`` is the number the server's next DATA unit will have."""
+    """Heartbeat answer; ``next_seq`` is the number the server's next DATA unit will have.
+
+    ``received`` is the highest number of the client's own units the server has
+    accepted (0: none yet), so a client learns when someone sent numbers under its
+    address that it never used; ``None`` from a server that does not say.
+    """
 
     nonce: int
     next_seq: int
+    received: int | None = None
 
 
 @dataclass(frozen=True)
@@ -331,7 +339,8 @@ def decode_datagram(data: bytes) -> Datagram:
         if kind is Kind.PING:
             return Ping(fields[0], fields[1])
         if kind is Kind.PONG:
-            return Pong(fields[0], fields[1])
+            received = _U64.unpack_from(body)[0] if len(body) >= _U64.size else None
+            return Pong(fields[0], fields[1], received)
         if kind is Kind.BYE:
             return Bye(body[:MAX_BYE_REASON].decode("utf-8", "replace"))
         if kind is Kind.NOTICE:
@@ -401,8 +410,10 @@ def encode_ping(nonce: int, ack: int) -> bytes:
     return HEADERS[Kind.PING].pack(MAGIC, DATAGRAM_VERSION, Kind.PING, nonce, ack)
 
 
-def encode_pong(nonce: int, next_seq: int) -> bytes:
-    return HEADERS[Kind.PONG].pack(MAGIC, DATAGRAM_VERSION, Kind.PONG, nonce, next_seq)
+def encode_pong(nonce: int, next_seq: int, received: int | None = None) -> bytes:
+    """A PONG; ``received`` (the highest client unit accepted) is appended when given."""
+    pong = HEADERS[Kind.PONG].pack(MAGIC, DATAGRAM_VERSION, Kind.PONG, nonce, next_seq)
+    return pong if received is None else pong + _U64.pack(received)
 
 
 def encode_bye(reason: str) -> bytes:

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from ..admission import Admission
+from ..admission import Admission, RefusalLog
 from ..errors import Rejected
 from ..hub import Hub
 from ..protocol.frames import Error
@@ -87,6 +87,8 @@ class TcpConnection:
         self._send_lock = threading.Lock()  # one sender at a time keeps bytes in order
         self._missed = False  # a flush found the lock taken: look again after release
         self._receive_timeout = -1.0
+        #: why a send failed: the connection is dead, whatever recv says next
+        self.send_error: OSError | None = None
         self.thread = threading.Thread(target=self.run, name=f"netchat-{peer}", daemon=True)
 
     # --- the connection's thread ---------------------------------------------------------
@@ -116,13 +118,18 @@ class TcpConnection:
             self._set_receive_timeout(session.next_deadline(), now)
             try:
                 data = sock.recv(_RECV_BYTES)
-            except (BlockingIOError, TimeoutError):  # the session's deadline came
+            except BlockingIOError:  # SO_RCVTIMEO expired: the session's deadline came
                 session.tick(time.monotonic())
                 flush()
                 continue
-            except OSError as exc:
-                quiet = exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
-                session.connection_lost("" if quiet else (exc.strerror or str(exc)).lower())
+            except OSError as exc:  # TimeoutError included: keepalive or TCP_USER_TIMEOUT
+                session.connection_lost(_loss_detail(exc))
+                return
+            if not data and self.send_error is not None:
+                # The kernel reports a connection's error once, to the first call that
+                # asks: when a send took it (a reset, a TCP_USER_TIMEOUT), recv sees
+                # only an end of file, which is no goodbye.
+                session.connection_lost(_loss_detail(self.send_error))
                 return
             if not data and _was_reset(sock):
                 # A reset can read as an end of input (Linux returns 0 once the socket
@@ -250,8 +257,9 @@ class TcpConnection:
             sent = self.sock.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
-        except OSError:
+        except OSError as exc:
             self._unsent = b""  # the connection is dead; its thread finds out on recv
+            self.send_error = exc
             return True
         self._unsent = data[sent:] if sent < len(data) else b""
         if self._unsent:
@@ -366,6 +374,7 @@ class TcpServer:
             password=PasswordVerifier(config.password) if config.password else None,
         )
         self.admission = Admission(config.max_clients, config.max_per_address, config.max_pending)
+        self.refusals = RefusalLog(log)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._listener = socket.create_server(
             (config.host, config.port), family=family, backlog=4096
@@ -532,7 +541,7 @@ class TcpServer:
         try:
             ticket = self.admission.admit(address[0])
         except Rejected as exc:
-            log.warning("refused %s: %s", peer, exc)
+            self.refusals.note(peer, str(exc))
             _refuse(sock, str(exc))
             return
         try:
@@ -633,6 +642,13 @@ def _tune(sock: socket.socket) -> None:
         # While a chat is active, unacknowledged data keeps keepalive from ever
         # probing: this bounds how long a vanished peer is retransmitted to.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+
+
+def _loss_detail(exc: OSError) -> str:
+    """What a lost connection's departure says: nothing for the usual ways to die."""
+    if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+        return ""
+    return (exc.strerror or str(exc)).lower()
 
 
 def _refuse(sock: socket.socket, reason: str) -> None:

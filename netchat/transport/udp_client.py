@@ -30,6 +30,11 @@ sent in clear but the cookie request, and a NOTICE (which nobody signs) is only 
 hint: ``not-joined`` does not end a sealed session (a relay that really forgot us
 stops answering our heartbeats, and that does).
 
+Every PONG also says the highest of our own numbers the server accepted. A number we
+never sent means someone forged our address and ran our numbers ahead, so the server
+now drops what we send as replays: the user is told (an ``Info`` frame) and we number
+what we send next above it (issue 6 #11; see docs/PROTOCOL.md).
+
 The round-trip time shown by ``/stats`` comes from our own exchanges: the cookie
 request at connect, then every heartbeat (the server's PONG echoes the PING's nonce),
 smoothed as TCP does (RFC 6298: 7/8 old, 1/8 new).
@@ -76,8 +81,22 @@ RETRY_INTERVAL = 0.5
 JOIN_ATTEMPTS = 10
 #: DATA datagrams kept while the ACCEPT that numbers them is still on its way.
 MAX_EARLY_DATAGRAMS = 64
+#: Highest number a PONG may move our own numbering to (far below 2**64, so a
+#: forged PONG cannot make the next DATA header overflow).
+MAX_RESYNC_SEQ = 2**62
 #: Largest encoded frame we send: it must fit in one datagram with its header.
 MAX_REQUEST_BYTES = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+
+
+def spoofing_notice(unconfirmed: int) -> str:
+    """What the user is told when the server accepted numbers this client never sent;
+    ``unconfirmed``: our messages sent since the server last confirmed one."""
+    dropped = f", and dropped up to {unconfirmed} of yours" if unconfirmed > 0 else ""
+    return (
+        "someone may be sending as you (address spoofing): the server got messages from"
+        f" your address that this client never sent{dropped}. What you send gets through"
+        " again; reconnect to be safe."
+    )
 
 
 def lost_notice(count: int) -> Info:
@@ -132,6 +151,7 @@ class UdpClientTransport:
         )
         self._reassembler = dg.Reassembler()
         self._send_seq = 1
+        self._confirmed = 0  # the highest of our numbers the server said it accepted
         self._heartbeat = 5.0
         self._next_ping = 0.0
         self._last_heard = 0.0
@@ -478,9 +498,11 @@ class UdpClientTransport:
                 return
             self._on_data(datagram, now)
         elif isinstance(datagram, dg.Pong):
-            if datagram.nonce == self._ping_nonce:
+            if datagram.nonce and datagram.nonce == self._ping_nonce:  # 0: unasked for
                 self._note_rtt(now - self._ping_sent_at)
             self._release(self._tracker.advance_to(datagram.next_seq, now))
+            if datagram.received is not None:
+                self._check_received(datagram.received)
         elif isinstance(datagram, dg.Accept):
             if self._accepted is None and self._hello is not None:
                 self._on_accept(datagram, now)
@@ -510,6 +532,22 @@ class UdpClientTransport:
                 joining, self._hello = self._hello is not None, None
             if joining:
                 self._frames.put(Error("bad-password", "wrong password: the relay refused it"))
+
+    def _check_received(self, received: int) -> None:
+        """The server says the highest number of ours it accepted. Above the last one
+        we sent, it can only have come from someone sending under our address: the
+        server now drops our datagrams as replays. Say so, and send above it.
+        """
+        with self._lock:
+            last_sent = self._send_seq - 1
+            if received <= last_sent:
+                self._confirmed = max(self._confirmed, received)
+                return
+            unconfirmed = last_sent - self._confirmed
+            if received < MAX_RESYNC_SEQ:  # a forged PONG must not overflow our numbers
+                self._send_seq = received + 1
+            self._confirmed = received
+        self._frames.put(Info(spoofing_notice(unconfirmed)))
 
     def _on_accept(self, accept: dg.Accept, now: float) -> None:
         with self._lock:

@@ -77,6 +77,8 @@ MISSED_HEARTBEATS = 3
 RECEIVE_BATCH = 64
 #: Seconds a plain member may stay silent (it sends no heartbeats: only its lines).
 PLAIN_SILENCE = 600.0
+#: Least seconds between two PONGs a member's dropped DATA draws (see _nudge).
+NUDGE_INTERVAL = 1.0
 #: What a plain datagram gets back when plain clients are not accepted.
 PLAIN_HINT = b"! netchat: plain clients are off (--accept-plain)\n"
 #: Payload room in one DATA datagram, and its header.
@@ -113,6 +115,7 @@ class UdpMember:
         "name",
         "needs_accept",
         "next_seq",
+        "nudged_at",
         "plain",
         "pong",
         "replay",
@@ -129,6 +132,7 @@ class UdpMember:
         self.replay = dg.ReplayWindow()
         self.needs_accept = not plain
         self.pong: int | None = None  # the nonce of a PING to answer
+        self.nudged_at = float("-inf")  # when a dropped DATA last drew a PONG
         self.bye_sent = False
         #: the ACCEPT, kept to be resent as it is if the client's HELLO comes again
         self.accept = b""
@@ -382,8 +386,7 @@ class UdpRelayServer:
             member.name = session.member.name
 
     def _from_plain_member(self, member: UdpMember, data: bytes, now: float) -> None:
-        for line in data.splitlines() or [b""]:
-            member.session.receive_unit(line, now)
+        member.session.receive_datagram(data.splitlines() or [b""], now)
 
     def _flush_plain(self, member: UdpMember) -> tuple[int, int]:
         """A plain member's lines, one datagram each; the datagrams and bytes sent."""
@@ -564,8 +567,11 @@ class UdpRelayServer:
     def _from_member(self, member: UdpMember, datagram: dg.Datagram, now: float) -> None:
         session = member.session
         if isinstance(datagram, dg.Data):
+            replayed = member.replay.duplicates
             if not member.replay.check(datagram.seq, len(datagram.units)):
                 self.counters["duplicates_in"] += 1  # or an implausible sequence number
+                if member.replay.duplicates > replayed:
+                    self._nudge(member, now)
                 return
             if datagram.more or datagram.cont:
                 session.refuse(
@@ -575,8 +581,7 @@ class UdpRelayServer:
                     )
                 )
                 return
-            for unit in datagram.units:
-                session.receive_unit(unit, now)
+            session.receive_datagram(datagram.units, now)
         elif isinstance(datagram, dg.Ping):
             member.pong = datagram.nonce
         elif isinstance(datagram, dg.Hello):
@@ -585,6 +590,17 @@ class UdpRelayServer:
             session.receive_data(b"", now)  # the client left
         else:
             self.counters["bad_datagrams"] += 1
+
+    def _nudge(self, member: UdpMember, now: float) -> None:
+        """A DATA from ``member``'s address fell behind its replay window: tell the
+        address at once (a PONG carries the highest number we accepted), at most once
+        a second. If someone forged that address and ran the numbers ahead, only the
+        real member receives this, and its client sees numbers it never sent
+        (issue 6 #11)."""
+        if member.pong is None and now - member.nudged_at >= NUDGE_INTERVAL:
+            member.nudged_at = now
+            member.pong = 0  # not a nonce the client chose: it only reads the numbers
+            self.counters["nudges"] += 1
 
     # --- sending ----------------------------------------------------------------------
 
@@ -661,7 +677,7 @@ class UdpRelayServer:
             packed, member.next_seq = dg.pack_data(member.next_seq, frames, room)
             plain += packed
         if member.pong is not None:
-            plain.append(dg.encode_pong(member.pong, member.next_seq))
+            plain.append(dg.encode_pong(member.pong, member.next_seq, member.replay.highest))
             member.pong = None
         if session.phase is not Phase.JOINED:
             plain.append(dg.encode_bye(session.close_reason or "closed"))
