@@ -78,14 +78,20 @@ app = typer.Typer(
 # --- option values -------------------------------------------------------------------
 
 
+#: ``tcp|udp|rudp``: every transport, as ``--help`` shows it.
+PROTO_CHOICES = "|".join(proto.value for proto in Proto)
+
+
 def parse_proto(text: str | Proto) -> Proto:
-    """``tcp`` or ``udp``, in any case."""
+    """``tcp``, ``udp`` or ``rudp``, in any case."""
     if isinstance(text, Proto):
         return text
     try:
         return Proto(text.strip().lower())
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a transport; choose tcp or udp") from None
+        *others, last = [proto.value for proto in Proto]
+        choices = f"{', '.join(others)} or {last}"
+        raise typer.BadParameter(f"{text!r} is not a transport; choose {choices}") from None
 
 
 def _number(text: str | float, kind: Callable[[str], float], what: str) -> float:
@@ -156,9 +162,13 @@ class GlobalOptions:
     log_level: str | None = None
 
 
-PROTO_HELP = "Transport: tcp or udp (default: tcp, or the one given before the command)."
+PROTO_HELP = (
+    "Transport: tcp, udp or rudp (reliable UDP) (default: tcp, or the one given before"
+    " the command)."
+)
 ProtoOption = Annotated[
-    Proto | None, typer.Option("--proto", parser=parse_proto, metavar="tcp|udp", help=PROTO_HELP)
+    Proto | None,
+    typer.Option("--proto", parser=parse_proto, metavar=PROTO_CHOICES, help=PROTO_HELP),
 ]
 LogLevelOption = Annotated[
     str | None,
@@ -195,7 +205,7 @@ def main_options(
         typer.Option(
             "--proto",
             parser=parse_proto,
-            metavar="tcp|udp",
+            metavar=PROTO_CHOICES,
             help="Transport for the command that follows (default: tcp).",
         ),
     ] = None,
@@ -500,6 +510,12 @@ def client(
         raise typer.BadParameter(
             "plain-line mode does not reconnect; leave out --reconnect or --plain",
             param_hint="'--reconnect'",
+        )
+    if plain and chosen is Proto.rudp:
+        raise typer.BadParameter(
+            "a lab server that does not speak netchat cannot acknowledge anything;"
+            " use --proto udp --plain",
+            param_hint="'--plain'",
         )
     _setup_logging(options.log_level or "WARNING")
     name = _require_name(name, pipe)

@@ -299,8 +299,11 @@ class Client:
         ``sent`` (messages and commands), ``received`` (messages and notices),
         ``lost``, ``duplicates``, ``reordered`` (UDP; TCP never shows any),
         ``bytes_in``, ``bytes_out``, ``rtt_us`` (round-trip time in microseconds,
-        0 if not measured yet) and ``reconnects``. In plain-line mode: ``sent`` and
-        ``received`` lines, bytes and ``rtt_us``.
+        0 if not measured yet) and ``reconnects``; over rudp also the reliability
+        counters of each direction, ``up_*`` (what we send) and ``down_*`` (what we
+        receive; see :meth:`RudpClientTransport.stats
+        <netchat.transport.rudp_client.RudpClientTransport.stats>`). In plain-line mode:
+        ``sent`` and ``received`` lines, bytes and ``rtt_us``.
         """
         if self._plain is not None:
             return self._plain.stats()
@@ -315,6 +318,8 @@ class Client:
             **counters,
             "rtt_us": current.get("rtt_us", 0),
             "reconnects": self._reconnects,
+            # rudp's per-direction counters: of the current connection only.
+            **{key: value for key, value in current.items() if key.startswith(("up_", "down_"))},
         }
 
     def close(self) -> None:
@@ -652,6 +657,8 @@ class Client:
 
     def _stats_text(self) -> str:
         stats = self.stats()
+        if "up_sent" in stats:
+            return _reliable_stats_text(self.proto, stats)
         text = (
             f"stats ({self.proto.value}): {plural(stats['sent'], 'message')} sent,"
             f" {stats['received']} received; {stats['lost']} lost,"
@@ -663,3 +670,33 @@ class Client:
         if stats["reconnects"]:
             text += f"; reconnected {plural(stats['reconnects'], 'time')}"
         return text
+
+
+def _ms(microseconds: int) -> str:
+    return (
+        f"{microseconds / 1000:.1f} ms"
+        if microseconds >= 10_000
+        else f"{microseconds / 1000:.2f} ms"
+    )
+
+
+def _reliable_stats_text(proto: Proto, stats: dict[str, int]) -> str:
+    """``/stats`` over rudp: the totals, then what each direction's end here did."""
+    lines = [
+        f"stats ({proto.value}): {plural(stats['sent'], 'message')} sent,"
+        f" {stats['received']} received; {size_text(stats['bytes_out'])} out,"
+        f" {size_text(stats['bytes_in'])} in"
+        + (f"; reconnected {plural(stats['reconnects'], 'time')}" if stats["reconnects"] else ""),
+        f"you → server: {stats['up_sent']} sent, {stats['up_retransmitted']} retransmitted,"
+        f" {stats['up_acknowledged']} acknowledged; RTO {_ms(stats['up_rto_us'])},"
+        " smoothed RTT "
+        + (_ms(stats["up_srtt_us"]) if stats["up_srtt_us"] else "not measured yet")
+        + f"; window {stats['up_window_in_use']}/{stats['up_window']} in use"
+        + (f", {stats['up_backlog']} waiting" if stats["up_backlog"] else ""),
+        f"server → you: {stats['down_received']} received,"
+        f" {plural(stats['down_duplicates'], 'duplicate')} discarded,"
+        f" {stats['down_held_back']} held back for ordering"
+        + (f" ({stats['down_buffered']} waiting now)" if stats["down_buffered"] else "")
+        + f"; {plural(stats['down_acks_sent'], 'ACK')} sent",
+    ]
+    return "\n".join(lines)

@@ -97,6 +97,18 @@ def test_udp_under_20_percent_loss_delivers_about_64_percent() -> None:
     assert row.duplicates == 0 and row.duplicates_shown == 0
 
 
+def test_rudp_delivers_everything_once_in_order_under_loss_duplication_and_reordering() -> None:
+    impairment = Impairment(loss=0.2, duplicate=0.05, reorder=0.05, seed=5)
+    row = one_row("rudp", clients=4, senders=2, messages=30, rate=60, impairment=impairment)
+    assert row.expected == 2 * 30 * 3
+    shown = (row.delivered, row.lost, row.duplicates_shown, row.out_of_order_shown, row.late)
+    assert shown == (row.expected, 0, 0, 0, 0)
+    up, down = row.injected["up"], row.injected["down"]
+    assert up["dropped"] > 0 and down["dropped"] > 0  # the losses were there, and repaired
+    assert row.duplicates > 0  # retransmissions and injected copies, discarded by rudp
+    assert row.wire_unit == "datagram" and row.notes == []
+
+
 def test_the_same_seed_gives_the_same_losses_twice() -> None:
     params = BenchParams(
         protos=("udp",), clients=4, senders=1, messages=40, rate=25,

@@ -48,6 +48,7 @@ from typing import IO, Any, TextIO
 from ..errors import BenchError
 from ..impair import TCP_MIN_RTO
 from ..transport.base import Proto
+from ..transport.registry import is_stream
 from .params import PEER, BenchParams
 from .worker import impairment_to_json
 
@@ -336,9 +337,9 @@ class ServerProcess:
 
 
 def _is_stream(proto: str) -> bool:
-    """Whether ``proto`` runs over a TCP stream (else over UDP datagrams). Only ``tcp``
-    does today; a stream transport added to :class:`Proto` must be listed here."""
-    return proto == Proto.tcp.value
+    """Whether ``proto`` runs over a TCP stream (else over UDP datagrams), as the
+    transport registry says; peers are datagrams."""
+    return proto != PEER and is_stream(Proto(proto))
 
 
 def _drain_seconds(params: BenchParams, proto: str) -> float:

@@ -146,10 +146,16 @@ class _Validated(Frame):
 @_register("hello")
 @dataclass(frozen=True)
 class Hello(_Validated, Frame):
-    """First frame of a structured client: asks to join under ``name``."""
+    """First frame of a structured client: asks to join under ``name``.
+
+    ``proto`` is the ``--proto`` a datagram client speaks (``udp``, ``rudp``), so a
+    relay can refuse a client of the other one; ``""`` from TCP clients and from UDP
+    clients older than the field.
+    """
 
     name: str
     client: str = ""
+    proto: str = ""
 
 
 @_register("say")

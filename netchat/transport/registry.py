@@ -24,6 +24,7 @@ class Proto(str, Enum):
 
     tcp = "tcp"
     udp = "udp"
+    rudp = "rudp"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ TRANSPORTS: dict[Proto, TransportEntry] = {
         "UDP relay: learns members from their datagrams; loss is reported, not repaired",
         "netchat.transport.udp_relay:UdpRelayServer",
         "netchat.transport.udp_client:UdpClientTransport",
+        stream=False,
+    ),
+    Proto.rudp: TransportEntry(
+        "reliable UDP relay: the UDP relay plus acknowledgements, retransmission and order",
+        "netchat.transport.rudp_relay:RudpRelayServer",
+        "netchat.transport.rudp_client:RudpClientTransport",
         stream=False,
     ),
 }

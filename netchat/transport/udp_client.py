@@ -31,6 +31,7 @@ speak netchat, raw datagrams out and in, one message each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import socket
 import threading
@@ -79,6 +80,9 @@ class UdpClientTransport:
         reorder_window: seconds a gap may stay open for a late datagram.
         clock: monotonic time source.
     """
+
+    #: The ``--proto`` named in our hello.
+    PROTO = "udp"
 
     def __init__(
         self,
@@ -217,6 +221,8 @@ class UdpClientTransport:
         """
         if self._sock is None or self._closed.is_set():
             raise ConnectionClosed("not connected")
+        if isinstance(frame, Hello) and not frame.proto:
+            frame = dataclasses.replace(frame, proto=self.PROTO)  # a relay of the other refuses
         try:
             payload = encode_frame(frame)
         except LocalProtocolError as exc:

@@ -55,6 +55,7 @@ from ..protocol.frames import Error, Hello, decode_frame, encode_frame
 from ..protocol.limits import MAX_DATAGRAM_BYTES
 from ..session import Phase, ServerSession, SessionJoined, SessionPolicy
 from .base import ServerConfig
+from .registry import Proto
 from .waiting import wait_readable
 
 log = logging.getLogger("netchat.udp")
@@ -79,6 +80,17 @@ _DATA_HEADER = dg.HEADERS[dg.Kind.DATA]
 def format_address(address: Address) -> str:
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def wrong_proto(served: str, spoken: str) -> Error:
+    """The refusal of a client speaking ``spoken`` by a relay serving ``served``."""
+    known = spoken in {proto.value for proto in Proto}  # never echo arbitrary text
+    return Error(
+        "wrong-proto",
+        f"this server speaks --proto {served}"
+        + (f", not {spoken}" if known else "")
+        + f": join with netchat --proto {served} client",
+    )
 
 
 def plain_source_allowed(host: str, *, anywhere: bool) -> bool:
@@ -137,6 +149,9 @@ class UdpRelayServer:
     Raises:
         OSError: the address cannot be bound.
     """
+
+    #: The ``--proto`` this relay serves; a hello naming another one is refused.
+    PROTO = "udp"
 
     def __init__(
         self,
@@ -236,11 +251,15 @@ class UdpRelayServer:
 
     # --- the one thread ------------------------------------------------------------------
 
+    def _next_wakeup(self) -> float:
+        """When the loop must run though nothing arrives (a subclass adds its timers)."""
+        return self._next_tick
+
     def _serve_once(self) -> None:
         now = self._clock()
         try:
             readable = wait_readable(
-                [self._sock, self._wake_r], max(0.0, min(self._next_tick - now, 1.0))
+                [self._sock, self._wake_r], max(0.0, min(self._next_wakeup() - now, 1.0))
             )
         except (OSError, ValueError):
             self._stopping.set()
@@ -409,6 +428,9 @@ class UdpRelayServer:
         if not isinstance(hello, Hello):
             self._reject(address, Error("not-joined", "join first: send a hello frame"))
             return
+        if (hello.proto or "udp") != self.PROTO:  # "": a udp client older than the field
+            self._reject(address, wrong_proto(self.PROTO, hello.proto or "udp"))
+            return
         try:
             ticket = self.admission.admit(address[0])
         except Rejected as exc:
@@ -432,8 +454,12 @@ class UdpRelayServer:
                 error = Error("rejected", "the join was refused")
             self._reject(address, error if isinstance(error, Error) else Error("rejected", ""))
             return
-        self._members[address] = UdpMember(address, session)
+        self._members[address] = self._new_member(address, session)
         self.counters["joins"] += 1
+
+    def _new_member(self, address: Address, session: ServerSession) -> UdpMember:
+        """The record of a member that just joined (a subclass adds its own state)."""
+        return UdpMember(address, session)
 
     def _reject(self, address: Address, error: Error) -> None:
         self.counters["rejects"] += 1
