@@ -177,6 +177,7 @@ class _Run:
     __slots__ = (
         "cont",
         "count",
+        "end",
         "more",
         "payload",
         "sacked",
@@ -192,17 +193,13 @@ class _Run:
         self.seq = seq  # number of the first unit
         self.payload = payload
         self.count = count  # units: the newlines, plus one for an unfinished piece
+        self.end = seq + count  # the number after the last unit
         self.cont = cont  # the first unit continues the frame the previous run started
         self.more = more  # the last unit is continued by the next run
         self.sent_at = 0.0  # time of the latest transmission
         self.tx = 0  # number of the datagram that carried the latest transmission
         self.transmissions = 0
         self.sacked = False
-
-    @property
-    def end(self) -> int:
-        """The number after the last unit."""
-        return self.seq + self.count
 
     def cut(self, at: int) -> _Run:
         """Keep the units before ``at`` (``seq < at < end``); return the rest, with the
@@ -215,7 +212,7 @@ class _Run:
         tail = _Run(at, payload[offset:], self.end - at, False, self.more)
         tail.sent_at, tail.tx = self.sent_at, self.tx
         tail.transmissions, tail.sacked = self.transmissions, self.sacked
-        self.payload, self.count, self.more = payload[:offset], at - self.seq, False
+        self.payload, self.count, self.end, self.more = payload[:offset], at - self.seq, at, False
         return tail
 
 
@@ -713,7 +710,7 @@ class Sender:
         datagrams = []
         outstanding = self._outstanding
         first_time = again = 0
-        for group in _pack(runs):
+        for group in _pack(runs) if len(runs) > 1 else [runs]:
             run = group[0]
             for member in group:
                 if member.transmissions:
@@ -725,7 +722,8 @@ class Sender:
                 for member in group[1:]:
                     del flight[member.seq]
                 run.payload = b"".join([member.payload for member in group])
-                run.count = group[-1].end - run.seq
+                run.end = group[-1].end
+                run.count = run.end - run.seq
                 run.more = group[-1].more
                 run.transmissions = max(member.transmissions for member in group)
             self._tx += 1

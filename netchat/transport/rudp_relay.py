@@ -173,8 +173,10 @@ class RudpRelayServer(UdpRelayServer):
             return self._timers[0][0]
         return wakeup
 
-    def _file(self, member: RudpMember) -> None:
-        """File ``member`` under its earliest deadline, if that is earlier than before."""
+    @staticmethod
+    def _deadline(member: RudpMember) -> float | None:
+        """The earliest of ``member``'s timers: its sender's, its receiver's delayed
+        ACK, the end of its lingering."""
         deadline = member.sender.next_deadline()
         ack_at = member.receiver.next_deadline()
         if ack_at is not None and (deadline is None or ack_at < deadline):
@@ -183,19 +185,28 @@ class RudpRelayServer(UdpRelayServer):
             linger_end = member.closing_since + LINGER
             if deadline is None or linger_end < deadline:
                 deadline = linger_end
+        return deadline
+
+    def _file(self, member: RudpMember, deadline: float | None) -> None:
+        """File ``member`` under ``deadline``, if that is earlier than before."""
         if deadline is not None and (member.timer_at is None or deadline < member.timer_at):
             member.timer_at = deadline
             heapq.heappush(self._timers, (deadline, next(self._timer_order), member))
 
     def _due_members(self, now: float) -> None:
-        """Move the members whose deadline has come to the stirred ones."""
+        """Move the members whose deadline has come to the stirred ones; one whose
+        timers moved later since it was filed (an ACK came) is filed again instead."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _, member = heapq.heappop(timers)
             if member.timer_at == deadline:
                 member.timer_at = None
                 if self._members.get(member.address) is member:
-                    self._stirred[member] = None
+                    due = self._deadline(member)
+                    if due is not None and due > now:
+                        self._file(member, due)
+                    else:
+                        self._stirred[member] = None
 
     # --- sending ----------------------------------------------------------------------
 
@@ -273,7 +284,7 @@ class RudpRelayServer(UdpRelayServer):
         if member.bye_sent:
             self._end(member)
         else:
-            self._file(member)
+            self._file(member, self._deadline(member))
         return sent, sent_bytes
 
     def _end(self, member: UdpMember) -> None:
