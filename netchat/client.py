@@ -319,7 +319,11 @@ class Client:
             "rtt_us": current.get("rtt_us", 0),
             "reconnects": self._reconnects,
             # rudp's per-direction counters: of the current connection only.
-            **{key: value for key, value in current.items() if key.startswith(("up_", "down_"))},
+            **{
+                key: value
+                for key, value in current.items()
+                if key.startswith(("up_", "down_", "server_report"))
+            },
         }
 
     def close(self) -> None:
@@ -680,23 +684,51 @@ def _ms(microseconds: int) -> str:
     )
 
 
+def _sending(stats: dict[str, int], prefix: str) -> str:
+    """A sender's end of a direction: ``12 sent, 2 retransmitted, … window 1/64 in use``."""
+    srtt = stats[f"{prefix}srtt_us"]
+    return (
+        f"{stats[f'{prefix}sent']} sent, {stats[f'{prefix}retransmitted']} retransmitted,"
+        f" {stats[f'{prefix}acknowledged']} acknowledged; RTO {_ms(stats[f'{prefix}rto_us'])},"
+        f" smoothed RTT {_ms(srtt) if srtt else 'not measured yet'};"
+        f" window {stats[f'{prefix}window_in_use']}/{stats[f'{prefix}window']} in use"
+    )
+
+
+def _receiving(stats: dict[str, int], prefix: str) -> str:
+    """A receiver's end of a direction: ``31 received, 1 duplicate discarded, …``."""
+    return (
+        f"{stats[f'{prefix}received']} received,"
+        f" {plural(stats[f'{prefix}duplicates'], 'duplicate')} discarded,"
+        f" {stats[f'{prefix}held_back']} held back for ordering"
+    )
+
+
 def _reliable_stats_text(proto: Proto, stats: dict[str, int]) -> str:
-    """``/stats`` over rudp: the totals, then what each direction's end here did."""
+    """``/stats`` over rudp: the totals, then both ends of each direction (the
+    server's as its latest heartbeat answer reported them)."""
+    reported = "server_report_age_ms" in stats
+    up = f"you → server: {_sending(stats, 'up_')}"
+    if stats["up_backlog"]:
+        up += f", {stats['up_backlog']} waiting"
+    down = "server → you: "
+    if reported:
+        up += f"; the server: {_receiving(stats, 'up_server_')}"
+        down += f"{_sending(stats, 'down_server_')}; you: "
+    down += _receiving(stats, "down_")
+    if stats["down_buffered"]:
+        down += f" ({stats['down_buffered']} waiting now)"
+    down += f"; {plural(stats['down_acks_sent'], 'ACK')} sent"
     lines = [
         f"stats ({proto.value}): {plural(stats['sent'], 'message')} sent,"
         f" {stats['received']} received; {size_text(stats['bytes_out'])} out,"
         f" {size_text(stats['bytes_in'])} in"
         + (f"; reconnected {plural(stats['reconnects'], 'time')}" if stats["reconnects"] else ""),
-        f"you → server: {stats['up_sent']} sent, {stats['up_retransmitted']} retransmitted,"
-        f" {stats['up_acknowledged']} acknowledged; RTO {_ms(stats['up_rto_us'])},"
-        " smoothed RTT "
-        + (_ms(stats["up_srtt_us"]) if stats["up_srtt_us"] else "not measured yet")
-        + f"; window {stats['up_window_in_use']}/{stats['up_window']} in use"
-        + (f", {stats['up_backlog']} waiting" if stats["up_backlog"] else ""),
-        f"server → you: {stats['down_received']} received,"
-        f" {plural(stats['down_duplicates'], 'duplicate')} discarded,"
-        f" {stats['down_held_back']} held back for ordering"
-        + (f" ({stats['down_buffered']} waiting now)" if stats["down_buffered"] else "")
-        + f"; {plural(stats['down_acks_sent'], 'ACK')} sent",
+        up,
+        down,
+        f"(the server's figures are from its last heartbeat answer,"
+        f" {stats['server_report_age_ms'] / 1000:.1f} s ago)"
+        if reported
+        else "(the server's figures come with its first heartbeat answer)",
     ]
     return "\n".join(lines)

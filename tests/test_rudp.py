@@ -19,6 +19,7 @@ from netchat.client import Client, _reliable_stats_text
 from netchat.errors import ConnectionClosed, Rejected
 from netchat.hub import Hub
 from netchat.impair import Impairment
+from netchat.plain_client import plural
 from netchat.protocol import datagram as dg
 from netchat.protocol.frames import (
     Frame,
@@ -459,28 +460,44 @@ def test_shutdown_reaches_every_member_and_ends_its_session(
         alice.close()
 
 
-def test_stats_show_each_direction(
+def test_stats_show_both_ends_of_each_direction(
     make_relay: Callable[..., UdpRelayServer],
     clients: Callable[[str, tuple[str, int]], Client],
 ) -> None:
-    relay = make_relay()
+    relay = make_relay(heartbeat_interval=0.2)
     alice = clients("alice", relay.address)
     take(alice, 1)
     alice.say("one")
     take(alice, 1)
-    wait_until(lambda: alice.stats()["up_acknowledged"] == 1, "the message acknowledged")
+
+    def reported() -> bool:
+        stats = alice.stats()
+        return stats["up_acknowledged"] == 1 and stats.get("down_server_acknowledged", 0) == 2
+
+    wait_until(reported, "the message acknowledged, and the relay's report of it")
+    stats = alice.stats()
+    assert (stats["up_server_received"], stats["up_server_duplicates"]) == (1, 0)
+    assert (stats["down_server_sent"], stats["down_received"]) == (2, 2)
     alice.send_line("/stats")
     [info] = take(alice, 1)
     assert isinstance(info, Info)
-    first, up, down = info.text.split("\n")
+    first, up, down, note = info.text.split("\n")
     assert first.startswith("stats (rudp): 1 message sent, 2 received; ")
     assert up.startswith("you → server: 1 sent, 0 retransmitted, 1 acknowledged; RTO 50.0 ms,")
-    assert up.endswith("; window 0/64 in use")
-    assert down.startswith("server → you: 2 received, 0 duplicates discarded, 0 held back")
+    assert up.endswith(
+        "; window 0/64 in use; the server: 1 received, 0 duplicates discarded,"
+        " 0 held back for ordering"
+    )
+    assert down.startswith("server → you: 2 sent, 0 retransmitted, 2 acknowledged; RTO ")
+    assert down.endswith(
+        "; you: 2 received, 0 duplicates discarded, 0 held back for ordering;"
+        f" {plural(stats['down_acks_sent'], 'ACK')} sent"
+    )
+    assert note.startswith("(the server's figures are from its last heartbeat answer, ")
 
 
-def test_stats_text_names_every_counter_of_both_directions() -> None:
-    stats = {
+def _stats(**reported: int) -> dict[str, int]:
+    return {
         "sent": 12,
         "received": 30,
         "bytes_in": 4096,
@@ -499,12 +516,43 @@ def test_stats_text_names_every_counter_of_both_directions() -> None:
         "down_held_back": 3,
         "down_buffered": 0,
         "down_acks_sent": 17,
+        **reported,
     }
+
+
+def test_stats_text_names_every_counter_of_both_directions() -> None:
+    stats = _stats(
+        up_server_received=12,
+        up_server_duplicates=2,
+        up_server_held_back=0,
+        down_server_sent=31,
+        down_server_retransmitted=4,
+        down_server_acknowledged=30,
+        down_server_rto_us=200_000,
+        down_server_srtt_us=0,
+        down_server_window_in_use=1,
+        down_server_window=64,
+        server_report_age_ms=2140,
+    )
     assert _reliable_stats_text(Proto.rudp, stats).split("\n") == [
+        "stats (rudp): 12 messages sent, 30 received; 900 bytes out, 4.0 KiB in",
+        "you → server: 12 sent, 2 retransmitted, 11 acknowledged; RTO 52.5 ms,"
+        " smoothed RTT 0.41 ms; window 1/64 in use; the server: 12 received,"
+        " 2 duplicates discarded, 0 held back for ordering",
+        "server → you: 31 sent, 4 retransmitted, 30 acknowledged; RTO 200.0 ms,"
+        " smoothed RTT not measured yet; window 1/64 in use; you: 31 received,"
+        " 1 duplicate discarded, 3 held back for ordering; 17 ACKs sent",
+        "(the server's figures are from its last heartbeat answer, 2.1 s ago)",
+    ]
+
+
+def test_stats_text_before_the_first_heartbeat_answer() -> None:
+    assert _reliable_stats_text(Proto.rudp, _stats()).split("\n") == [
         "stats (rudp): 12 messages sent, 30 received; 900 bytes out, 4.0 KiB in",
         "you → server: 12 sent, 2 retransmitted, 11 acknowledged; RTO 52.5 ms,"
         " smoothed RTT 0.41 ms; window 1/64 in use",
         "server → you: 31 received, 1 duplicate discarded, 3 held back for ordering; 17 ACKs sent",
+        "(the server's figures come with its first heartbeat answer)",
     ]
 
 

@@ -17,7 +17,8 @@ Every datagram starts with ``b"nc"``, the layout version and a kind byte
     REJECT  Error JSON                 the join was refused (name taken, full, …)
     DATA    seq(8) flags(1) payload    frames, both directions (flags: MORE, CONT)
     PING    nonce(8) ack(8)            client heartbeat
-    PONG    nonce(8) next_seq(8)       server answer; next_seq reveals tail loss
+    PONG    nonce(8) next_seq(8) [report(36)]  server answer; next_seq reveals tail loss;
+                                       an rudp relay adds its view of the session
     BYE     reason(UTF-8)              either side ends the session
     NOTICE  code(ASCII)                stateless error for an unvalidated source
     PEER    instance(8) seq(8) JSON    serverless multicast/broadcast peers
@@ -47,6 +48,7 @@ Decoding is total: any bytes either decode or raise
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -86,6 +88,7 @@ __all__ = [
     "Reassembler",
     "Reject",
     "ReplayWindow",
+    "Report",
     "SequenceTracker",
     "SourceLimiter",
     "decode_datagram",
@@ -210,11 +213,34 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Report:
+    """What an rudp relay knows of one member's session and the member cannot see: its
+    sender's side of server → client and its receiver's side of client → server.
+
+    Carried by the relay's PONGs, so the client's ``/stats`` shows both ends of each
+    direction (as of the latest heartbeat). Counts saturate at their field's maximum.
+    """
+
+    sent: int
+    retransmitted: int
+    acknowledged: int
+    rto_us: int
+    srtt_us: int  # 0 before the first sample
+    window_in_use: int
+    window: int
+    received: int
+    duplicates: int
+    held_back: int
+
+
+@dataclass(frozen=True)
 class Pong:
-    """Heartbeat answer; ``next_seq`` is the number the server's next DATA unit will have."""
+    """Heartbeat answer; ``next_seq`` is the number the server's next DATA unit will have;
+    ``report`` is an rudp relay's view of the session (``None`` from a UDP relay)."""
 
     nonce: int
     next_seq: int
+    report: Report | None = None
 
 
 @dataclass(frozen=True)
@@ -331,7 +357,11 @@ def decode_datagram(data: bytes) -> Datagram:
         if kind is Kind.PING:
             return Ping(fields[0], fields[1])
         if kind is Kind.PONG:
-            return Pong(fields[0], fields[1])
+            if not body:
+                return Pong(fields[0], fields[1])
+            if len(body) != _REPORT.size:
+                raise _malformed("a PONG's report has 36 bytes")
+            return Pong(fields[0], fields[1], Report(*_REPORT.unpack(body)))
         if kind is Kind.BYE:
             return Bye(body[:MAX_BYE_REASON].decode("utf-8", "replace"))
         if kind is Kind.NOTICE:
@@ -401,8 +431,20 @@ def encode_ping(nonce: int, ack: int) -> bytes:
     return HEADERS[Kind.PING].pack(MAGIC, DATAGRAM_VERSION, Kind.PING, nonce, ack)
 
 
-def encode_pong(nonce: int, next_seq: int) -> bytes:
-    return HEADERS[Kind.PONG].pack(MAGIC, DATAGRAM_VERSION, Kind.PONG, nonce, next_seq)
+#: A PONG's report: five 4-byte counts, two 2-byte ones, three 4-byte ones.
+_REPORT = struct.Struct("!IIIIIHHIII")
+_REPORT_LIMITS = [0xFFFF if code == "H" else 0xFFFF_FFFF for code in _REPORT.format[1:]]
+
+
+def encode_pong(nonce: int, next_seq: int, report: Report | None = None) -> bytes:
+    """A PONG, with an rudp relay's ``report`` if given (counts saturate)."""
+    pong = HEADERS[Kind.PONG].pack(MAGIC, DATAGRAM_VERSION, Kind.PONG, nonce, next_seq)
+    if report is None:
+        return pong
+    values = dataclasses.astuple(report)
+    return pong + _REPORT.pack(
+        *(min(max(value, 0), limit) for value, limit in zip(values, _REPORT_LIMITS, strict=True))
+    )
 
 
 def encode_bye(reason: str) -> bytes:

@@ -73,6 +73,9 @@ class RudpClientTransport(UdpClientTransport):
         self._sender: rel.Sender | None = None  # both made when the server accepts us
         self._receiver: rel.Receiver | None = None
         self._unsent: list[bytes] = []  # frames given to send() before that
+        # The relay's ends of our two directions, from its latest PONG, and when.
+        self._report: dg.Report | None = None
+        self._report_at = 0.0
 
     # --- ClientTransport ----------------------------------------------------------------
 
@@ -106,7 +109,11 @@ class RudpClientTransport(UdpClientTransport):
         (``sent``, ``retransmitted``, ``acknowledged``, ``lost``, ``timeouts``,
         ``rto_us``, ``srtt_us``, ``window_in_use``, ``window``, ``backlog``) and
         ``down_*`` for what we receive (``received``, ``duplicates``, ``held_back``,
-        ``buffered``, ``acks_sent``)."""
+        ``buffered``, ``acks_sent``). Once the relay has answered a heartbeat, its
+        ends too, as of then: ``up_server_*`` (``received``, ``duplicates``,
+        ``held_back``), ``down_server_*`` (``sent``, ``retransmitted``,
+        ``acknowledged``, ``rto_us``, ``srtt_us``, ``window_in_use``, ``window``) and
+        ``server_report_age_ms``."""
         stats = super().stats()
         with self._rudp_lock:
             sender, receiver = self._sender, self._receiver
@@ -133,6 +140,21 @@ class RudpClientTransport(UdpClientTransport):
             )
             if sender.rtt_samples:
                 stats["rtt_us"] = stats["up_srtt_us"]
+            report = self._report
+            if report is not None:
+                stats.update(
+                    up_server_received=report.received,
+                    up_server_duplicates=report.duplicates,
+                    up_server_held_back=report.held_back,
+                    down_server_sent=report.sent,
+                    down_server_retransmitted=report.retransmitted,
+                    down_server_acknowledged=report.acknowledged,
+                    down_server_rto_us=report.rto_us,
+                    down_server_srtt_us=report.srtt_us,
+                    down_server_window_in_use=report.window_in_use,
+                    down_server_window=report.window,
+                    server_report_age_ms=round((self._clock() - self._report_at) * 1000),
+                )
         return stats
 
     # --- the receiver thread ----------------------------------------------------------
@@ -161,9 +183,12 @@ class RudpClientTransport(UdpClientTransport):
                 if self._sender is not None:
                     self._sender.on_ack(datagram, now)
         elif isinstance(datagram, dg.Pong):
-            # The heartbeat's round trip only: no tail is ever reported lost here.
+            # The heartbeat's round trip, and the relay's report: no tail is ever
+            # reported lost here.
             if datagram.nonce == self._ping_nonce:
                 self._note_rtt(now - self._ping_sent_at)
+            if datagram.report is not None:
+                self._report, self._report_at = datagram.report, now
         else:
             super()._on_datagram(datagram, now)
 

@@ -268,7 +268,7 @@ class RudpRelayServer(UdpRelayServer):
         if ack is not None:
             datagrams.append(ack)
         if member.pong is not None:
-            datagrams.append(dg.encode_pong(member.pong, sender.next_unit))
+            datagrams.append(dg.encode_pong(member.pong, sender.next_unit, _report(member)))
             member.pong = None
         if session.phase is not Phase.JOINED:
             if member.closing_since is None:
@@ -291,6 +291,23 @@ class RudpRelayServer(UdpRelayServer):
         if isinstance(member, RudpMember) and self._members.get(member.address) is member:
             _add_counters(self._retired, member)
         super()._end(member)
+
+
+def _report(member: RudpMember) -> dg.Report:
+    """What the member's PONG tells it of our ends of its two directions."""
+    sender, receiver = member.sender, member.receiver
+    return dg.Report(
+        sent=sender.sent,
+        retransmitted=sender.retransmitted,
+        acknowledged=sender.acknowledged,
+        rto_us=round(sender.rto * 1e6),
+        srtt_us=round(sender.srtt * 1e6) if sender.rtt_samples else 0,
+        window_in_use=sender.in_flight,
+        window=sender.window,
+        received=receiver.received,
+        duplicates=receiver.duplicates,
+        held_back=receiver.held_back,
+    )
 
 
 def _add_counters(into: dict[str, int], member: RudpMember) -> None:
