@@ -18,7 +18,7 @@ from netchat.protocol import reliable as rel
 from netchat.protocol.frames import Say, encode_frame
 from netchat.protocol.limits import MAX_DATAGRAM_BYTES
 
-ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+ROOM = rel.ROOM
 W = rel.DEFAULT_WINDOW
 
 
@@ -888,6 +888,21 @@ def test_a_long_run_is_cut_at_frame_boundaries_and_a_long_frame_into_pieces() ->
         dg.encode_data(7, small[3] + small[4]),
         dg.encode_data(9, small[5]),
     ]
+
+
+def test_a_smaller_room_leaves_space_for_what_the_transport_adds() -> None:
+    sealed_room = rel.ROOM - 24  # what a sealed datagram leaves for units
+    sender = rel.Sender(room=sealed_room)
+    frames = [say("ы" * 150) for _ in range(8)]
+    big = say("ж" * 3000)
+    assert sender.send(big)
+    assert sender.send_frames(b"".join(frames))
+    sent = [decode_data(datagram) for datagram in sender.transmit(0.0)]
+    assert all(sum(map(len, data.units)) <= sealed_room for data in sent)
+    assert b"".join(b"".join(data.units) for data in sent) == big + b"".join(frames)
+    assert max(len(data.units) for data in sent) == 3  # 3 × 328 bytes fit, 4 do not
+    with pytest.raises(ValueError):
+        rel.Sender(room=rel.ROOM + 1)
 
 
 def test_sending_frames_checks_only_the_final_newline() -> None:

@@ -89,6 +89,7 @@ __all__ = [
     "MAX_WINDOW",
     "MIN_RTO",
     "PACKET_THRESHOLD",
+    "ROOM",
     "TIME_THRESHOLD",
     "Failure",
     "Receiver",
@@ -145,7 +146,8 @@ ACK_EVERY = 2
 #: DATA comes in bursts in which :data:`ACK_EVERY` does the saving anyway.
 MAX_ACK_DELAY = 0.005
 
-_ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+#: Payload room of one DATA datagram; a transport that adds bytes (sealing) gives less.
+ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
 _ACK_HEADER = dg.HEADERS[dg.Kind.ACK]
 # The largest ACK must fit in a datagram; MAX_SACK_RANGES is sized for it.
 assert _ACK_HEADER.size + 8 * dg.MAX_SACK_RANGES <= MAX_DATAGRAM_BYTES
@@ -216,18 +218,16 @@ class _Run:
         return tail
 
 
-def _pack(runs: list[_Run]) -> list[list[_Run]]:
+def _pack(runs: list[_Run], room: int) -> list[list[_Run]]:
     """Group runs, in order, into what one DATA datagram may carry: consecutive
-    numbers, a continuation piece only first, an unfinished piece only last."""
+    numbers, a continuation piece only first, an unfinished piece only last, at most
+    ``room`` bytes."""
     groups: list[list[_Run]] = []
     group: list[_Run] = []
     size = 0
     for run in runs:
         if group and (
-            run.cont
-            or group[-1].more
-            or run.seq != group[-1].end
-            or size + len(run.payload) > _ROOM
+            run.cont or group[-1].more or run.seq != group[-1].end or size + len(run.payload) > room
         ):
             groups.append(group)
             group, size = [], 0
@@ -256,9 +256,11 @@ class Sender:
         max_rto: ceiling of the backed-off retransmission timeout (seconds).
         peer_max_ack_delay: the longest the receiver delays an ACK (seconds).
         dead_after: seconds without progress, units in flight, before failing as dead.
+        room: most payload bytes in one DATA datagram (less than :data:`ROOM` when the
+            transport adds bytes of its own, such as a seal).
 
     Raises:
-        ValueError: a window outside 1..65535 or non-positive times.
+        ValueError: a window outside 1..65535, non-positive times, or a room too small.
     """
 
     def __init__(
@@ -272,12 +274,16 @@ class Sender:
         max_rto: float = MAX_RTO,
         peer_max_ack_delay: float = MAX_ACK_DELAY,
         dead_after: float = DEAD_AFTER,
+        room: int = ROOM,
     ) -> None:
         if not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window must be 1..{MAX_WINDOW} units")
         if min(initial_rtt, min_rto, dead_after) <= 0 or max_rto < min_rto:
             raise ValueError("times must be positive and max_rto at least min_rto")
+        if not 64 <= room <= ROOM:
+            raise ValueError(f"room must be 64..{ROOM} bytes")
         self.window = window
+        self.room = room
         self.max_queue = max_queue
         self.min_rto = min_rto
         self.max_rto = max_rto
@@ -428,7 +434,7 @@ class Sender:
             )
         if not self._admit(size):
             return False
-        if size <= _ROOM:  # the common case: one frame, one unit
+        if size <= self.room:  # the common case: one frame, one unit
             self._backlog.append(_Run(self._next_new, frame, 1))
             self._next_new += 1
         else:
@@ -457,7 +463,8 @@ class Sender:
         if not self._admit(size):
             return False
         seq = self._next_new
-        if size <= _ROOM:  # the usual case: what a member is owed fits one datagram
+        room = self.room
+        if size <= room:  # the usual case: what a member is owed fits one datagram
             count = frames.count(b"\n")
             self._backlog.append(_Run(seq, frames, count))
             self._next_new = seq + count
@@ -466,10 +473,10 @@ class Sender:
         start = 0
         while start < size:
             end = frames.index(b"\n", start) + 1  # of the first frame
-            if end - start > _ROOM:
+            if end - start > room:
                 self._cut_into_pieces(frames[start:end])
             else:
-                end = frames.rindex(b"\n", start, start + _ROOM) + 1  # whole frames that fit
+                end = frames.rindex(b"\n", start, start + room) + 1  # whole frames that fit
                 run = frames[start:end]
                 count = run.count(b"\n")
                 append(_Run(self._next_new, run, count))
@@ -493,9 +500,10 @@ class Sender:
         """Queue a frame too large for one datagram as pieces, one unit each."""
         seq = self._next_new
         size = len(frame)
-        for start in range(0, size, _ROOM):
-            more = start + _ROOM < size
-            self._backlog.append(_Run(seq, frame[start : start + _ROOM], 1, start > 0, more))
+        room = self.room
+        for start in range(0, size, room):
+            more = start + room < size
+            self._backlog.append(_Run(seq, frame[start : start + room], 1, start > 0, more))
             seq += 1
         self._next_new = seq
 
@@ -710,7 +718,7 @@ class Sender:
         datagrams = []
         outstanding = self._outstanding
         first_time = again = 0
-        for group in _pack(runs) if len(runs) > 1 else [runs]:
+        for group in _pack(runs, self.room) if len(runs) > 1 else [runs]:
             run = group[0]
             for member in group:
                 if member.transmissions:

@@ -68,6 +68,8 @@ class RudpClientTransport(UdpClientTransport):
         self.window = window
         self.max_queue = max_queue
         self.min_rto = min_rto
+        #: payload room of one of our DATA datagrams (less if datagrams grow at the edge)
+        self.room = rel.ROOM
         # Guards the sender and the receiver; taken before the base class's _lock.
         self._rudp_lock = threading.Lock()
         self._sender: rel.Sender | None = None  # both made when the server accepts us
@@ -166,6 +168,7 @@ class RudpClientTransport(UdpClientTransport):
             self._sender = rel.Sender(
                 1,
                 window=self.window,
+                room=self.room,
                 max_queue=self.max_queue,
                 # The cookie's round trip is the best guess we have until the chat's.
                 initial_rtt=self._rtt if self._rtt else rel.INITIAL_RTT,
@@ -218,7 +221,7 @@ class RudpClientTransport(UdpClientTransport):
             self._transmit(sender, now)
             ack = receiver.take_ack(now)
             if ack is not None:
-                self._send_raw(ack)
+                self._send_datagram(ack)
 
     def _wait_time(self) -> float:
         wait = super()._wait_time()
@@ -239,9 +242,14 @@ class RudpClientTransport(UdpClientTransport):
     def _transmit(self, sender: rel.Sender, now: float) -> None:
         """Send what the sender has to send now (the caller holds ``_rudp_lock``)."""
         for datagram in sender.transmit(now):
-            self._send_raw(datagram)
+            self._send_datagram(datagram)
         if sender.failure is not None:
             self._end(self._failure_text(sender.failure))
+
+    def _send_datagram(self, datagram: bytes) -> None:
+        """The one way out for our DATA and ACKs, so that whatever the UDP client does
+        to a session's datagrams at the socket edge is done to them too."""
+        self._send_raw(datagram)
 
     def _failure_text(self, failure: rel.Failure) -> str:
         if failure.reason == "dead":

@@ -118,6 +118,8 @@ class RudpRelayServer(UdpRelayServer):
         )
         self.window = window
         self.min_rto = min_rto
+        #: payload room of a DATA datagram to a member (less if datagrams grow at the edge)
+        self.room = rel.ROOM
         #: a sender with units in flight and no new acknowledgement for this long fails
         self.dead_after = MISSED_HEARTBEATS * self.heartbeat_interval
         self._timers: list[tuple[float, int, RudpMember]] = []
@@ -137,6 +139,7 @@ class RudpRelayServer(UdpRelayServer):
             max_queue=self.config.max_queue,
             min_rto=self.min_rto,
             dead_after=self.dead_after,
+            room=self.room,
         )
         receiver = rel.Receiver(1, window=self.window)
         return RudpMember(address, session, sender, receiver)
@@ -278,14 +281,21 @@ class RudpRelayServer(UdpRelayServer):
                 member.bye_sent = True
         sent = sent_bytes = 0
         for datagram in datagrams:
-            if self._send_counted(datagram, member.address):
-                sent += 1
-                sent_bytes += len(datagram)
+            size = self._send_to_member(member, datagram)
+            sent += size > 0
+            sent_bytes += size
         if member.bye_sent:
             self._end(member)
         else:
             self._file(member, self._deadline(member))
         return sent, sent_bytes
+
+    def _send_to_member(self, member: RudpMember, datagram: bytes) -> int:
+        """Send one of ``member``'s datagrams; the bytes sent (0 if the kernel refused).
+
+        The one way out for a member's datagrams, so that whatever the UDP relay does
+        to every datagram of a member at the socket edge is done here too."""
+        return len(datagram) if self._send_counted(datagram, member.address) else 0
 
     def _end(self, member: UdpMember) -> None:
         if isinstance(member, RudpMember) and self._members.get(member.address) is member:
