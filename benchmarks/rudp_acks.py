@@ -25,9 +25,10 @@ Two measurements, both on 127.0.0.1 only:
    retransmits on its timers. Deliveries are frames counted by the receivers.
 
 This isolates the reliability core: there is no hub, no JSON decoding of requests,
-and no join. It exists to choose the ACK frequency (module docstring of
-:mod:`netchat.protocol.reliable`) before the transport is wired in; the issue's
-target is rudp fan-out at 100 members at least half of plain UDP's.
+and no join, and frames are queued one by one (``Sender.send``). It chose the ACK
+frequency (module docstring of :mod:`netchat.protocol.reliable`) before the transport
+was wired in; ``benchmarks/udp_fanout.py`` measures the wired relay against the UDP
+relay, the issue's target being rudp fan-out at 100 members at least half of UDP's.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from .errors import ConfigError, NetchatError
 from .logqueue import setup_queued_logging
 from .plain_client import plural
 from .transport.base import DEFAULT_HOST, DEFAULT_PORT, ChatEndpoint, Proto, ServerConfig
-from .transport.registry import ip_protocol, is_stream
+from .transport.registry import ip_protocol, is_reliable, is_stream
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_GROUP = "239.255.80.80"
@@ -78,14 +78,20 @@ app = typer.Typer(
 # --- option values -------------------------------------------------------------------
 
 
+#: ``tcp|udp|rudp``: every transport, as ``--help`` shows it.
+PROTO_CHOICES = "|".join(proto.value for proto in Proto)
+
+
 def parse_proto(text: str | Proto) -> Proto:
-    """``tcp`` or ``udp``, in any case."""
+    """``tcp``, ``udp`` or ``rudp``, in any case."""
     if isinstance(text, Proto):
         return text
     try:
         return Proto(text.strip().lower())
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a transport; choose tcp or udp") from None
+        *others, last = [proto.value for proto in Proto]
+        choices = f"{', '.join(others)} or {last}"
+        raise typer.BadParameter(f"{text!r} is not a transport; choose {choices}") from None
 
 
 def _number(text: str | float, kind: Callable[[str], float], what: str) -> float:
@@ -156,9 +162,13 @@ class GlobalOptions:
     log_level: str | None = None
 
 
-PROTO_HELP = "Transport: tcp or udp (default: tcp, or the one given before the command)."
+PROTO_HELP = (
+    "Transport: tcp, udp or rudp (reliable UDP) (default: tcp, or the one given before"
+    " the command)."
+)
 ProtoOption = Annotated[
-    Proto | None, typer.Option("--proto", parser=parse_proto, metavar="tcp|udp", help=PROTO_HELP)
+    Proto | None,
+    typer.Option("--proto", parser=parse_proto, metavar=PROTO_CHOICES, help=PROTO_HELP),
 ]
 LogLevelOption = Annotated[
     str | None,
@@ -227,7 +237,7 @@ def main_options(
         typer.Option(
             "--proto",
             parser=parse_proto,
-            metavar="tcp|udp",
+            metavar=PROTO_CHOICES,
             help="Transport for the command that follows (default: tcp).",
         ),
     ] = None,
@@ -555,6 +565,12 @@ def client(
             "plain-line mode is for servers that are not netchat, which cannot check a"
             " password; leave out --plain or the password (--password, NETCHAT_PASSWORD)",
             param_hint="'--password'",
+        )
+    if plain and is_reliable(chosen) and not is_stream(chosen):
+        raise typer.BadParameter(
+            "a lab server that does not speak netchat cannot acknowledge anything;"
+            " use --proto udp --plain",
+            param_hint="'--plain'",
         )
     _setup_logging(options.log_level or "WARNING")
     name = _require_name(name, pipe)

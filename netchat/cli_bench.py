@@ -370,6 +370,7 @@ def impair(
     jittered and throttled (bytes of a stream cannot be dropped: loss becomes a stall)."""
     from .bench.params import parse_hostport
     from .transport.impair_relay import make_impair_relay
+    from .transport.registry import is_stream
 
     chosen = proto or _global_proto(ctx) or Proto.tcp
     impairment = _impairment(
@@ -388,7 +389,7 @@ def impair(
         upstream_address = parse_hostport(upstream, "--upstream")
     except InvalidParameter as exc:
         raise _usage_error(str(exc)) from None
-    stream = chosen is Proto.tcp
+    stream = is_stream(chosen)
     try:
         relay = make_impair_relay(stream, listen_address, upstream_address, impairment)
     except OSError as exc:

@@ -315,8 +315,11 @@ class Client:
         ``lost``, ``duplicates``, ``reordered`` (UDP; TCP never shows any),
         ``bytes_in``, ``bytes_out``, ``rtt_us`` (round-trip time in microseconds,
         0 if not measured yet) and ``reconnects``; in a sealed UDP chat also ``forged``
-        and ``replayed`` (datagrams dropped because they did not open). In plain-line mode: ``sent`` and
-        ``received`` lines, bytes and ``rtt_us``.
+        and ``replayed`` (datagrams dropped because they did not open); over rudp also
+        the reliability counters of each direction, ``up_*`` (what we send) and
+        ``down_*`` (what we receive; see :meth:`RudpClientTransport.stats
+        <netchat.transport.rudp_client.RudpClientTransport.stats>`). In plain-line mode:
+        ``sent`` and ``received`` lines, bytes and ``rtt_us``.
         """
         if self._plain is not None:
             return self._plain.stats()
@@ -331,6 +334,12 @@ class Client:
             **counters,
             "rtt_us": current.get("rtt_us", 0),
             "reconnects": self._reconnects,
+            # rudp's per-direction counters: of the current connection only.
+            **{
+                key: value
+                for key, value in current.items()
+                if key.startswith(("up_", "down_", "server_report"))
+            },
         }
         for key in _SEALED:  # a sealed chat: datagrams that did not open
             if key in current:
@@ -687,6 +696,8 @@ class Client:
 
     def _stats_text(self) -> str:
         stats = self.stats()
+        if "up_sent" in stats:
+            return _reliable_stats_text(self.proto, stats)
         text = (
             f"stats ({self.proto.value}): {plural(stats['sent'], 'message')} sent,"
             f" {stats['received']} received; {stats['lost']} lost,"
@@ -701,3 +712,61 @@ class Client:
         if refused:
             text += f"; {plural(refused, 'forged or replayed datagram')} dropped"
         return text
+
+
+def _ms(microseconds: int) -> str:
+    return (
+        f"{microseconds / 1000:.1f} ms"
+        if microseconds >= 10_000
+        else f"{microseconds / 1000:.2f} ms"
+    )
+
+
+def _sending(stats: dict[str, int], prefix: str) -> str:
+    """A sender's end of a direction: ``12 sent, 2 retransmitted, … window 1/64 in use``."""
+    srtt = stats[f"{prefix}srtt_us"]
+    return (
+        f"{stats[f'{prefix}sent']} sent, {stats[f'{prefix}retransmitted']} retransmitted,"
+        f" {stats[f'{prefix}acknowledged']} acknowledged; RTO {_ms(stats[f'{prefix}rto_us'])},"
+        f" smoothed RTT {_ms(srtt) if srtt else 'not measured yet'};"
+        f" window {stats[f'{prefix}window_in_use']}/{stats[f'{prefix}window']} in use"
+    )
+
+
+def _receiving(stats: dict[str, int], prefix: str) -> str:
+    """A receiver's end of a direction: ``31 received, 1 duplicate discarded, …``."""
+    return (
+        f"{stats[f'{prefix}received']} received,"
+        f" {plural(stats[f'{prefix}duplicates'], 'duplicate')} discarded,"
+        f" {stats[f'{prefix}held_back']} held back for ordering"
+    )
+
+
+def _reliable_stats_text(proto: Proto, stats: dict[str, int]) -> str:
+    """``/stats`` over rudp: the totals, then both ends of each direction (the
+    server's as its latest heartbeat answer reported them)."""
+    reported = "server_report_age_ms" in stats
+    up = f"you → server: {_sending(stats, 'up_')}"
+    if stats["up_backlog"]:
+        up += f", {stats['up_backlog']} waiting"
+    down = "server → you: "
+    if reported:
+        up += f"; the server: {_receiving(stats, 'up_server_')}"
+        down += f"{_sending(stats, 'down_server_')}; you: "
+    down += _receiving(stats, "down_")
+    if stats["down_buffered"]:
+        down += f" ({stats['down_buffered']} waiting now)"
+    down += f"; {plural(stats['down_acks_sent'], 'ACK')} sent"
+    lines = [
+        f"stats ({proto.value}): {plural(stats['sent'], 'message')} sent,"
+        f" {stats['received']} received; {size_text(stats['bytes_out'])} out,"
+        f" {size_text(stats['bytes_in'])} in"
+        + (f"; reconnected {plural(stats['reconnects'], 'time')}" if stats["reconnects"] else ""),
+        up,
+        down,
+        f"(the server's figures are from its last heartbeat answer,"
+        f" {stats['server_report_age_ms'] / 1000:.1f} s ago)"
+        if reported
+        else "(the server's figures come with its first heartbeat answer)",
+    ]
+    return "\n".join(lines)

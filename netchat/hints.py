@@ -101,6 +101,8 @@ def connect_failure_hint(exc: NetchatError, proto: Proto, host: str, port: int) 
     if not isinstance(exc, ConnectError):
         return None
     if isinstance(exc, ForeignServer):
+        if proto is Proto.rudp:  # a lab server cannot acknowledge: plain UDP it is
+            return "for a lab UDP server that is not netchat, use --proto udp --plain"
         return "for a lab UDP server that is not netchat, add --plain"
     refused = isinstance(exc.__cause__, ConnectionRefusedError)
     if is_stream(proto):
@@ -112,12 +114,16 @@ def connect_failure_hint(exc: NetchatError, proto: Proto, host: str, port: int) 
         return None
     found = probe_tcp(host, port)
     if found == "netchat":
-        return "a netchat TCP server listens on that port: leave out --proto udp"
+        return f"a netchat TCP server listens on that port: leave out --proto {proto.value}"
     if found == "other":
-        return "a TCP server that is not netchat listens on that port: leave out --proto udp"
+        return (
+            "a TCP server that is not netchat listens on that port:"
+            f" leave out --proto {proto.value}"
+        )
     hint = start_hint(proto, host, port)
     if silent:
-        hint += "; for a lab UDP server that is not netchat, add --plain"
+        plain = "use --proto udp --plain" if proto is Proto.rudp else "add --plain"
+        hint += f"; for a lab UDP server that is not netchat, {plain}"
     return hint
 
 

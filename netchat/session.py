@@ -482,6 +482,27 @@ class ServerSession:
             self.hub.leave(member, "quit")  # a no-op unless it left without saying so
             self.hub.release(member)
 
+    def undeliverable(self, reason: str, detail: str) -> list[SessionEvent]:
+        """The transport can no longer deliver to the client (an rudp sender heard no
+        acknowledgement for too long, or what waits for one passed ``max_queue``).
+
+        A joined member leaves with ``reason`` (``"timeout"`` or ``"dropped"``) and
+        ``detail``; nothing more is owed to the client (:attr:`abort` is set).
+        """
+        with self._lock:
+            if self.abort or self.phase is Phase.CLOSED:
+                return self._take_events()
+            self.abort = True
+            if not self.close_reason:
+                self.close_reason = detail
+            self._move(Move.CLOSE)
+            member = self.member
+        if member is not None:
+            self.hub.leave(member, reason, detail)
+            self.hub.release(member)
+        self._events.append(WantsClose(self.close_reason, abort=True))
+        return self._take_events()
+
     def refuse(self, error: Error) -> None:
         """Tell the client about something its transport refused (an oversized
         datagram), summarised with the session's own errors."""

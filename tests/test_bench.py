@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from netchat.bench import BenchParams, run_bench
-from netchat.bench.runner import ProtoResult
+from netchat.bench.runner import ProtoResult, late_note
 from netchat.impair import Impairment
 from netchat.transport.base import Proto
 from tests.conftest import ServerFactory
@@ -95,6 +95,29 @@ def test_udp_under_20_percent_loss_delivers_about_64_percent() -> None:
     up, down = row.injected["up"], row.injected["down"]
     assert up["offered"] >= 100 and up["dropped"] > 0 and down["dropped"] > 0
     assert row.duplicates == 0 and row.duplicates_shown == 0
+
+
+def test_rudp_delivers_everything_once_in_order_under_loss_duplication_and_reordering() -> None:
+    impairment = Impairment(loss=0.2, duplicate=0.05, reorder=0.05, seed=5)
+    row = one_row("rudp", clients=4, senders=2, messages=30, rate=60, impairment=impairment)
+    assert row.expected == 2 * 30 * 3
+    shown = (row.delivered, row.lost, row.duplicates_shown, row.out_of_order_shown, row.late)
+    assert shown == (row.expected, 0, 0, 0, 0)
+    up, down = row.injected["up"], row.injected["down"]
+    assert up["dropped"] > 0 and down["dropped"] > 0  # the losses were there, and repaired
+    assert row.duplicates > 0  # retransmissions and injected copies, discarded by rudp
+    assert row.wire_unit == "datagram" and row.notes == []
+
+
+def test_a_reliable_transport_missing_deliveries_at_the_end_is_called_late() -> None:
+    assert late_note("rudp", 40) == (
+        "rudp repairs loss: the 40 missing deliveries were still waiting for a"
+        " retransmission when the row ended (nothing new for the drain time); a longer"
+        " --drain shows them arrive"
+    )
+    assert late_note("tcp", 3) is not None
+    assert late_note("udp", 40) is None and late_note("peer", 40) is None
+    assert late_note("rudp", 0) is None
 
 
 def test_the_same_seed_gives_the_same_losses_twice() -> None:

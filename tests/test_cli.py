@@ -332,8 +332,8 @@ PYDANTIC_WORDS = ("Input should", "Value error", "valid integer", "parse string"
         (["server", "--burst", "0"], "0 is out of range: give 1 or more"),
         (["server", "--ping-interval", "0"], "0 is too small: give 0.1 s or more"),
         (["peer", "--ttl", "256"], "256 is out of range: give from 0 to 255"),
-        (["--proto", "sctp", "server"], "'sctp' is not a transport; choose tcp or udp"),
-        (["client", "--proto", "sctp"], "'sctp' is not a transport; choose tcp or udp"),
+        (["--proto", "sctp", "server"], "'sctp' is not a transport; choose tcp, udp or rudp"),
+        (["client", "--proto", "sctp"], "'sctp' is not a transport; choose tcp, udp or rudp"),
         (["--log-level", "loud", "server"], "'loud' is not a log level"),
     ],
 )
@@ -541,3 +541,62 @@ def test_an_unusable_password_is_refused_without_echoing_it(fakes: list[dict[str
     assert result.exit_code == 2
     assert "a password has at most 1024 bytes" in result.output
     assert long not in result.output and not FakeServer.made
+
+
+# --- --proto rudp -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv", [["--proto", "rudp", "server"], ["server", "--proto", "RUDP"]], ids=str
+)
+def test_rudp_server_is_chosen_before_or_after_the_command(
+    fakes: list[dict[str, Any]], argv: list[str]
+) -> None:
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert FakeServer.made[-1].proto is Proto.rudp
+    assert "netchat: serving rudp on 127.0.0.1:8080 (Ctrl-C to stop)" in result.output
+
+
+def test_rudp_server_on_the_lan_prints_rudp_commands(
+    fakes: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netchat.netif, "interfaces", lambda: FAKE_INTERFACES[:2])
+    result = runner.invoke(app, ["--proto", "rudp", "server", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert served_lines(result.output) == [
+        "netchat: serving rudp on 0.0.0.0:8080 (Ctrl-C to stop)",
+        "netchat: students join with one of these (1 address of this machine):",
+        "netchat:   netchat --proto rudp client --host 192.0.2.10 --name YOU",
+        "netchat: if they cannot connect, a firewall may block the port: open 8080/udp"
+        " (for example: sudo ufw allow 8080/udp)",
+    ]
+
+
+def test_rudp_client_options_reach_the_client(fakes: list[dict[str, Any]]) -> None:
+    result = runner.invoke(app, ["client", "--proto", "rudp", "--name", "alice", "--pipe"])
+    assert result.exit_code == 0, result.output
+    endpoint = FakeEndpoint.made[-1]
+    assert endpoint.args == ("alice", "127.0.0.1", 8080, Proto.rudp)
+    assert endpoint.kwargs == {"reconnect": False, "plain": False, "password": None}
+
+
+def test_rudp_client_in_plain_line_mode_is_refused_with_the_alternative(
+    fakes: list[dict[str, Any]],
+) -> None:
+    result = runner.invoke(
+        app, ["--proto", "rudp", "client", "--name", "a", "--plain"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2
+    assert (
+        "a lab server that does not speak netchat cannot acknowledge anything; use --proto"
+        " udp --plain" in result.output
+    )
+    assert not FakeEndpoint.made
+
+
+def test_help_names_the_three_transports() -> None:
+    result = runner.invoke(app, ["server", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "tcp|udp|rudp" in result.output
+    assert "Transport: tcp, udp or rudp (reliable UDP)" in result.output

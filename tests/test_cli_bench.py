@@ -96,7 +96,7 @@ def test_options_become_the_benchmark_parameters(fake_run: list[BenchParams]) ->
 def test_all_is_the_default_and_the_global_proto_is_honoured(fake_run: list[BenchParams]) -> None:
     assert runner.invoke(app, ["bench"]).exit_code == 0
     assert runner.invoke(app, ["--proto", "udp", "bench"]).exit_code == 0
-    assert [p.protos for p in fake_run] == [("tcp", "udp", "peer"), ("udp",)]
+    assert [p.protos for p in fake_run] == [("tcp", "udp", "rudp", "peer"), ("udp",)]
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,8 @@ def test_round_trips() -> None:
     assert dg.decode_datagram(dg.encode_pong(3, 9)) == dg.Pong(3, 9)
     assert dg.decode_datagram(dg.encode_pong(3, 9, 2**64 - 1)) == dg.Pong(3, 9, 2**64 - 1)
     assert len(dg.encode_pong(3, 9, 0)) == len(dg.encode_pong(3, 9)) + 8
+    report = dg.Report(10, 2, 9, 52_500, 410, 1, 64, 7, 1, 3)
+    assert dg.decode_datagram(dg.encode_pong(3, 9, 5, report)) == dg.Pong(3, 9, 5, report)
     assert dg.decode_datagram(dg.encode_bye("quit")) == dg.Bye("quit")
     assert dg.decode_datagram(dg.encode_notice("not-joined")) == dg.Notice("not-joined")
     assert dg.decode_datagram(dg.encode_peer(b"12345678", 4, b"{}\n")) == dg.PeerData(
@@ -385,3 +387,13 @@ def test_replay_window_memory_is_bounded_for_any_numbers(checks: list[tuple[int,
     for first, count in checks:
         window.check(first, count)
         assert window._seen.bit_length() <= window.size
+
+
+def test_a_pong_report_saturates_and_must_be_whole() -> None:
+    huge = dg.Report(2**40, -5, 0, 0, 0, 70_000, 64, 0, 0, 0)
+    assert dg.decode_datagram(dg.encode_pong(1, 2, 0, huge)) == dg.Pong(
+        1, 2, 0, dg.Report(2**32 - 1, 0, 0, 0, 0, 0xFFFF, 64, 0, 0, 0)
+    )
+    with pytest.raises(RemoteProtocolError) as info:
+        dg.decode_datagram(dg.encode_pong(1, 2) + bytes(35))
+    assert info.value.code == "malformed"

@@ -185,6 +185,19 @@ def test_unknown_keys_are_ignored_and_defaults_apply() -> None:
     assert decode_frame(b'{"v":1,"t":"left","name":"x","ts":1,"seq":2}') == Left("x", 1, 2)
 
 
+def test_a_hello_names_the_datagram_transport_or_nothing() -> None:
+    hello = Hello("bob", "netchat/0.1", proto="rudp")
+    assert encode_frame(hello) == (
+        b'{"v":1,"t":"hello","name":"bob","client":"netchat/0.1","proto":"rudp"}\n'
+    )
+    assert decode_frame(encode_frame(hello)) == hello
+    older = decode_frame(b'{"v":1,"t":"hello","name":"bob"}')
+    assert isinstance(older, Hello) and older.proto == ""  # TCP, older UDP
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_frame(b'{"v":1,"t":"hello","name":"bob","proto":7}')
+    assert info.value.code == "malformed"
+
+
 # --- encode errors ----------------------------------------------------------------
 
 

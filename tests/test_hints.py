@@ -96,3 +96,25 @@ def test_a_silent_udp_port_with_nothing_on_tcp_gets_both_hints() -> None:
         f"is the server running? start one with: netchat --proto udp server --port {port};"
         " for a lab UDP server that is not netchat, add --plain"
     )
+
+
+def test_rudp_hints_name_rudp_and_send_lab_servers_to_plain_udp(
+    make_server: ServerFactory,
+) -> None:
+    assert (
+        server_command(Proto.rudp, "127.0.0.1", 9000) == "netchat --proto rudp server --port 9000"
+    )
+    foreign = ForeignServer("udp://127.0.0.1:9: does not speak netchat")
+    assert failure_message(foreign, (Proto.rudp, "127.0.0.1", 9)).endswith(
+        " — for a lab UDP server that is not netchat, use --proto udp --plain"
+    )
+    port = free_port()
+    silent = ConnectError(f"no answer from rudp://127.0.0.1:{port} within 5 s")
+    assert connect_failure_hint(silent, Proto.rudp, "127.0.0.1", port) == (
+        f"is the server running? start one with: netchat --proto rudp server --port {port};"
+        " for a lab UDP server that is not netchat, use --proto udp --plain"
+    )
+    server = make_server()  # netchat over TCP on the port the rudp client tried
+    assert connect_failure_hint(silent, Proto.rudp, *server.address) == (
+        "a netchat TCP server listens on that port: leave out --proto rudp"
+    )

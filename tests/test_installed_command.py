@@ -103,3 +103,48 @@ def test_contradictory_options_through_the_binary() -> None:
     )
     assert result.returncode == 2
     assert "peers chat over UDP multicast or broadcast; leave out --proto tcp" in result.stderr
+
+
+def test_rudp_server_and_pipe_clients_chat_and_a_udp_client_is_told_the_proto() -> None:
+    server = subprocess.Popen(
+        [netchat_command(), "--proto", "rudp", "server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        first = server.stderr.readline()
+        assert first.startswith("netchat: serving rudp on 127.0.0.1:"), first
+        port = first.split(":")[2].split()[0]
+
+        def client(*argv: str, lines: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [netchat_command(), *argv, "--port", port],
+                input=lines,
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+                check=False,
+            )
+
+        said = client("--proto", "rudp", "client", "--name", "алиса", lines="привет\n")
+        assert said.returncode == 0, said.stderr
+        assert [line[len("[12:00:00] ") :] for line in said.stdout.splitlines()] == [
+            "-!- Welcome, алиса! Online (1): алиса. Type /help for commands.",
+            "<алиса> привет",
+        ]
+        refused = client("--proto", "udp", "client", "--name", "bob", lines="hi\n")
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            "netchat: this server speaks --proto rudp, not udp: join with netchat"
+            " --proto rudp client"
+        )
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            assert server.wait(timeout=WAIT) == 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()

@@ -18,7 +18,7 @@ from netchat.protocol import reliable as rel
 from netchat.protocol.frames import Say, encode_frame
 from netchat.protocol.limits import MAX_DATAGRAM_BYTES
 
-ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+ROOM = rel.ROOM
 W = rel.DEFAULT_WINDOW
 
 
@@ -618,6 +618,16 @@ def test_sender_survives_any_ack_and_stays_bounded(
         assert 0 <= sender.in_flight <= 8
         assert sender.queued_bytes >= 0
         assert sender.rto <= rel.MAX_RTO
+    # Then an honest receiver: whatever those ACKs did, every unit goes through once.
+    for _ in range(200):
+        now += 0.01
+        sender.transmit(now)
+        sender.on_ack(dg.Ack(sender.next_unit - sender.backlog, 0, 0, 8), now)
+        if sender.idle:
+            break
+    assert sender.idle and sender.failure is None
+    assert sender.sent == sender.acknowledged == 30
+    assert sender.queued_bytes == 0
 
 
 # --- sender and receiver over a simulated link ----------------------------------------
@@ -658,19 +668,31 @@ def run_link(
     window: int = rel.DEFAULT_WINDOW,
     base_delay: float = 0.001,
     max_events: int = 100_000,
+    runs: list[int] | None = None,
 ) -> Outcome:
     """Drive a Sender and a Receiver through a lossy link with a fake clock.
 
     Each datagram, in each direction, takes the next fate from its schedule; once a
     schedule runs out the link is perfect, so a correct pair must finish. After
-    every event the frames delivered so far must be a prefix of those sent.
+    every event the frames delivered so far must be a prefix of those sent. With
+    ``runs`` (frames per offer), the frames are offered in runs to ``send_frames``,
+    as the relay does, instead of one by one to ``send``.
     """
     sender = rel.Sender(window=window, max_queue=10_000_000, dead_after=1e9)
     receiver = rel.Receiver(window=window)
     fates = {True: iter(data_fates), False: iter(ack_fates)}
     wire: list[_InTransit] = []
     order = 0
-    offers = list(zip(_cumulative(offer_gaps or [0.0] * len(frames)), frames, strict=True))
+    if runs is None:
+        chunks = [[frame] for frame in frames]
+    else:
+        chunks, rest = [], list(frames)
+        for size in runs:
+            chunks.append(rest[:size])
+            rest = rest[size:]
+        assert not rest and all(chunks), "runs must cut the frames into non-empty runs"
+    gaps = offer_gaps or [0.0] * len(chunks)
+    offers = list(zip(_cumulative(gaps), chunks, strict=True))
     delivered: list[bytes] = []
     now = 0.0
 
@@ -686,7 +708,8 @@ def run_link(
 
     for _ in range(max_events):
         while offers and offers[0][0] <= now:
-            assert sender.send(offers.pop(0)[1])
+            chunk = offers.pop(0)[1]
+            assert sender.send(chunk[0]) if runs is None else sender.send_frames(b"".join(chunk))
         for datagram in sender.transmit(now):
             put(datagram, True)
         if (ack_datagram := receiver.take_ack(now)) is not None:
@@ -795,6 +818,158 @@ def test_any_loss_duplication_reordering_and_delay_schedule_delivers_exactly_onc
     assert outcome.sender.failure is None
     assert outcome.sender.acknowledged == outcome.sender.sent
     assert outcome.receiver.delivered == outcome.sender.sent
+
+
+def _runs(sizes: list[int], total: int) -> list[int]:
+    """``sizes`` cut down (or padded with ones) to add up to ``total``."""
+    runs: list[int] = []
+    for size in sizes:
+        size = min(size, total - sum(runs))
+        if size:
+            runs.append(size)
+    return runs + [1] * (total - sum(runs))
+
+
+@given(
+    frames=st.lists(
+        st.text(st.sampled_from("abcЖяё€👋 "), min_size=1, max_size=900).map(say),
+        min_size=1,
+        max_size=40,
+    ),
+    sizes=st.lists(st.integers(1, 12), max_size=40),
+    data_fates=st.lists(fates, max_size=80),
+    ack_fates=st.lists(fates, max_size=80),
+    gap=st.sampled_from([0.0, 0.0002, 0.002, 0.05]),
+    window=st.integers(1, 40),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_runs_of_frames_are_delivered_exactly_once_in_order_whatever_the_link_does(
+    frames: list[bytes],
+    sizes: list[int],
+    data_fates: list[Fate],
+    ack_fates: list[Fate],
+    gap: float,
+    window: int,
+) -> None:
+    runs = _runs(sizes, len(frames))
+    outcome = run_link(
+        frames, data_fates, ack_fates, offer_gaps=[gap] * len(runs), window=window, runs=runs
+    )
+    assert outcome.delivered == frames
+    assert outcome.sender.failure is None
+    assert outcome.sender.acknowledged == outcome.sender.sent == outcome.receiver.delivered
+
+
+def test_frames_queued_together_go_out_together_and_count_as_units() -> None:
+    frames = [say(f"сообщение {i}") for i in range(6)]
+    sender = rel.Sender()
+    assert sender.send_frames(b"".join(frames))
+    assert (sender.backlog, sender.next_unit, sender.queued_bytes) == (6, 7, len(b"".join(frames)))
+    assert sender.transmit(0.0) == [dg.encode_data(1, b"".join(frames))]
+    assert (sender.sent, sender.datagrams, sender.in_flight) == (6, 1, 6)
+    sender.on_ack(ack(7, echo=1), 0.01)
+    assert (sender.acknowledged, sender.queued_bytes, sender.idle) == (6, 0, True)
+
+
+def test_a_long_run_is_cut_at_frame_boundaries_and_a_long_frame_into_pieces() -> None:
+    small = [say("я" * 200) for _ in range(6)]  # 428 bytes each: two fit in a datagram
+    big = say("ж" * 1750)  # 3,528 bytes: three pieces, the last too long to share
+    pieces = [big[i : i + ROOM] for i in range(0, len(big), ROOM)]
+    assert len(pieces) == 3 and len(pieces[2]) + len(small[3]) > ROOM
+    sender = rel.Sender()
+    assert sender.send_frames(b"".join([*small[:3], big, *small[3:]]))
+    assert sender.backlog == 3 + len(pieces) + 3
+    assert sender.transmit(0.0) == [
+        dg.encode_data(1, small[0] + small[1]),
+        dg.encode_data(3, small[2]),
+        dg.encode_data(4, pieces[0], more=True),
+        dg.encode_data(5, pieces[1], more=True, cont=True),
+        dg.encode_data(6, pieces[2], cont=True),
+        dg.encode_data(7, small[3] + small[4]),
+        dg.encode_data(9, small[5]),
+    ]
+
+
+def test_a_smaller_room_leaves_space_for_what_the_transport_adds() -> None:
+    sealed_room = rel.ROOM - 24  # what a sealed datagram leaves for units
+    sender = rel.Sender(room=sealed_room)
+    frames = [say("ы" * 150) for _ in range(8)]
+    big = say("ж" * 3000)
+    assert sender.send(big)
+    assert sender.send_frames(b"".join(frames))
+    sent = [decode_data(datagram) for datagram in sender.transmit(0.0)]
+    assert all(sum(map(len, data.units)) <= sealed_room for data in sent)
+    assert b"".join(b"".join(data.units) for data in sent) == big + b"".join(frames)
+    assert max(len(data.units) for data in sent) == 3  # 3 × 328 bytes fit, 4 do not
+    with pytest.raises(ValueError):
+        rel.Sender(room=rel.ROOM + 1)
+
+
+def test_sending_frames_checks_only_the_final_newline() -> None:
+    sender = rel.Sender()
+    assert sender.send_frames(b"")
+    assert sender.backlog == 0
+    with pytest.raises(LocalProtocolError):
+        sender.send_frames(say("a") + b'{"v":1}')
+
+
+def test_an_ack_ending_inside_a_datagram_frees_its_start_and_resends_only_the_rest() -> None:
+    frames = [say(f"m{i}") for i in range(6)]
+    sender = rel.Sender(initial_rtt=0.010)
+    sender.send_frames(b"".join(frames))
+    sender.transmit(0.0)
+    sender.on_ack(ack(4, echo=1), 0.010)  # say the receiver's window took three only
+    assert (sender.acknowledged, sender.in_flight) == (3, 3)
+    assert sender.queued_bytes == len(b"".join(frames[3:]))
+    deadline = sender.next_deadline()
+    assert deadline is not None
+    assert sender.transmit(deadline) == [dg.encode_data(4, b"".join(frames[3:]))]
+    assert (sender.retransmitted, sender.timeouts) == (3, 1)
+
+
+def test_sack_ranges_inside_a_datagram_spare_exactly_the_units_they_cover() -> None:
+    frames = [say(f"m{i}") for i in range(6)]
+    sender = rel.Sender(initial_rtt=0.010)
+    sender.send_frames(b"".join(frames))
+    sender.transmit(0.0)
+    # Units 3, 4 and 6 arrived (from earlier copies, say), 1, 2 and 5 did not.
+    sender.on_ack(ack(1, (3, 5), (6, 7), echo=3), 0.010)
+    assert sender.acknowledged == 3
+    deadline = sender.next_deadline()
+    assert deadline is not None
+    assert sender.transmit(deadline) == [
+        dg.encode_data(1, frames[0] + frames[1]),
+        dg.encode_data(5, frames[4]),
+    ]
+    sender.on_ack(ack(7, echo=1), deadline + 0.01)
+    assert (sender.acknowledged, sender.sent, sender.retransmitted) == (6, 6, 3)
+    assert sender.idle
+
+
+def test_an_ack_ending_inside_a_datagram_found_lost_leaves_the_rest_to_resend() -> None:
+    frames = [say(f"m{i}") for i in range(9)]
+    sender = rel.Sender(initial_rtt=0.010)
+    sender.send_frames(b"".join(frames[:6]))
+    sender.transmit(0.0)  # units 1-6 in one datagram
+    sent_one_by_one(sender, frames[6:], 0.0)  # units 7, 8 and 9, one datagram each
+    sender.on_ack(ack(1, (7, 10), echo=9), 0.010)  # three later datagrams: 1-6 is lost
+    assert sender.lost == 6
+    sender.on_ack(ack(4, (7, 10), echo=9), 0.011)  # before it is resent, 1-3 show up
+    assert sender.transmit(0.011) == [dg.encode_data(4, b"".join(frames[3:6]))]
+    assert (sender.acknowledged, sender.retransmitted) == (6, 3)
+
+
+def test_lost_datagrams_that_follow_each_other_are_resent_as_one() -> None:
+    frames = [say(f"m{i}") for i in range(4)]
+    sender = rel.Sender(initial_rtt=0.010)
+    sent_one_by_one(sender, frames, 0.0)
+    deadline = sender.next_deadline()
+    assert deadline is not None
+    assert sender.transmit(deadline) == [dg.encode_data(1, b"".join(frames))]
+    sender.on_ack(ack(3, echo=1), deadline + 0.01)  # an early copy of units 1 and 2
+    assert (sender.acknowledged, sender.in_flight) == (2, 2)
+    sender.on_ack(ack(5, echo=1), deadline + 0.02)
+    assert (sender.acknowledged, sender.idle) == (4, True)
 
 
 def test_total_loss_ends_in_a_dead_verdict_not_a_hang() -> None:

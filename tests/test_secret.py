@@ -757,3 +757,53 @@ def test_a_lost_accept_is_answered_with_the_same_bytes(make_server: ServerFactor
     sock.close()
     stats = server.transport.stats()  # type: ignore[attr-defined]
     assert stats["joins"] == 1
+
+
+# --- reliable UDP with a password ------------------------------------------------------
+
+
+def test_rudp_chat_with_a_password_exact_transcripts(
+    make_server: ServerFactory, clients: Callable[..., Events]
+) -> None:
+    motd = "Сообщение дня. " * 120  # longer than a sealed datagram: sent in pieces
+    server = make_server(Proto.rudp, password=PASSWORD, motd=motd)
+    alice = clients("alice", server.address, Proto.rudp, PASSWORD)
+    alice.until(lambda f: isinstance(f, Welcome))
+    bob = clients("bob", server.address, Proto.rudp, PASSWORD)
+    bob.until(lambda f: isinstance(f, Welcome))
+    alice.until(lambda f: isinstance(f, Joined))
+    long = ("длинное сообщение " * 150).strip()  # pieces both ways, every one sealed
+    alice.client.say(long)
+    bob.message(long)
+    alice.message(long)
+    bob.client.send(Private("alice", "только тебе"))
+    alice.message("только тебе")
+    alice.settle()
+    bob.settle()
+    assert alice.transcript() == [
+        ("welcome", "alice", ("alice",)),
+        ("joined", "bob"),
+        ("message", "alice", long),
+        ("private", "bob", "alice", "только тебе"),
+    ]
+    assert bob.transcript() == [
+        ("welcome", "bob", ("alice", "bob")),
+        ("message", "alice", long),
+        ("private", "bob", "alice", "только тебе"),
+    ]
+    stats = server.transport.stats()  # type: ignore[attr-defined]
+    assert (stats.get("forged", 0), stats.get("replayed", 0)) == (0, 0)
+
+
+def test_rudp_a_client_with_the_wrong_password_is_refused(
+    make_server: ServerFactory, clients: Callable[..., Events]
+) -> None:
+    server = make_server(Proto.rudp, password=PASSWORD)
+    alice = clients("alice", server.address, Proto.rudp, PASSWORD)
+    alice.until(lambda f: isinstance(f, Welcome))
+    with pytest.raises(Rejected) as refused:
+        Client.connect("mallory", *server.address, Proto.rudp, password="wrong")
+    assert refused.value.code == "bad-password"
+    alice.client.say("marker")
+    alice.message("marker")
+    assert alice.transcript() == [("welcome", "alice", ("alice",)), ("message", "alice", "marker")]

@@ -468,6 +468,31 @@ def test_a_member_owed_more_than_max_queue_is_dropped() -> None:
     assert talker.frames()[-1] == Left("slow", TS, 23, "dropped", "too slow")
 
 
+@pytest.mark.parametrize(
+    ("reason", "detail"), [("timeout", "not acknowledging for 15 s"), ("dropped", "too slow")]
+)
+def test_a_member_its_transport_cannot_deliver_to_leaves_once_with_the_reason(
+    reason: str, detail: str
+) -> None:
+    hub = make_hub()
+    other = watcher(hub)
+    gone = Pair(hub)
+    gone.feed(json(Hello("gone")))
+    other.feed(json(Say("you there?")))
+    events = gone.session.undeliverable(reason, detail)
+    assert events == [WantsClose(detail, abort=True)]
+    assert gone.session.undeliverable(reason, "again") == []  # once only
+    assert (gone.session.abort, gone.session.phase) == (True, Phase.CLOSING)
+    assert gone.out() == b""  # nothing more is owed to it
+    assert other.frames() == [
+        Joined("gone", TS, 2),
+        Message("watcher", "you there?", TS, 3),
+        Left("gone", TS, 4, reason, detail),
+    ]
+    gone.session.finished()
+    assert other.frames() == []
+
+
 def test_server_full_at_join_time() -> None:
     hub = make_hub()
     admission = Admission(max_clients=1)

@@ -48,6 +48,7 @@ from typing import IO, Any, TextIO
 from ..errors import BenchError
 from ..impair import TCP_MIN_RTO
 from ..transport.base import Proto
+from ..transport.registry import is_reliable, is_stream
 from .params import PEER, BenchParams
 from .worker import impairment_to_json
 
@@ -336,9 +337,21 @@ class ServerProcess:
 
 
 def _is_stream(proto: str) -> bool:
-    """Whether ``proto`` runs over a TCP stream (else over UDP datagrams). Only ``tcp``
-    does today; a stream transport added to :class:`Proto` must be listed here."""
-    return proto == Proto.tcp.value
+    """Whether ``proto`` runs over a TCP stream (else over UDP datagrams), as the
+    transport registry says; peers are datagrams."""
+    return proto != PEER and is_stream(Proto(proto))
+
+
+def late_note(proto: str, lost: int) -> str | None:
+    """What to say of deliveries missing at the end of a row of a transport that
+    repairs loss (no member having lost its session): they were late, not lost."""
+    if not lost or proto == PEER or not is_reliable(Proto(proto)):
+        return None
+    return (
+        f"{proto} repairs loss: the {lost} missing deliveries were still waiting for a"
+        " retransmission when the row ended (nothing new for the drain time); a longer"
+        " --drain shows them arrive"
+    )
 
 
 def _drain_seconds(params: BenchParams, proto: str) -> float:
@@ -522,6 +535,8 @@ def _fill(
     if row.disconnected:
         reasons = "; ".join(result["disconnect_reasons"])
         row.notes.append(f"{row.disconnected} client(s) lost their session: {reasons}")
+    elif (note := late_note(row.proto, row.lost)) is not None:
+        row.notes.append(note)
     if row.refused:
         row.notes.append(
             f"{row.refused} message(s) refused by the sending client (too large for one"

@@ -17,8 +17,10 @@ Every datagram starts with ``b"nc"``, the layout version and a kind byte
     REJECT  Error JSON                 the join was refused (name taken, full, …)
     DATA    seq(8) flags(1) payload    frames, both directions (flags: MORE, CONT)
     PING    nonce(8) ack(8)            client heartbeat
-    PONG    nonce(8) next_seq(8) [received(8)]   server answer; next_seq reveals tail
-                                       loss, received the client's highest unit accepted
+    PONG    nonce(8) next_seq(8) [received(8) [report(36)]]   server answer; next_seq
+                                       reveals tail loss, received the client's highest
+                                       unit accepted; an rudp relay adds its view of
+                                       the session
     BYE     reason(UTF-8)              either side ends the session
     NOTICE  code(ASCII)                stateless error for an unvalidated source
     PEER    instance(8) seq(8) JSON    serverless multicast/broadcast peers
@@ -48,6 +50,7 @@ Decoding is total: any bytes either decode or raise
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -87,6 +90,7 @@ __all__ = [
     "Reassembler",
     "Reject",
     "ReplayWindow",
+    "Report",
     "SequenceTracker",
     "SourceLimiter",
     "decode_datagram",
@@ -212,17 +216,40 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Report:
+    """What an rudp relay knows of one member's session and the member cannot see: its
+    sender's side of server → client and its receiver's side of client → server.
+
+    Carried by the relay's PONGs, so the client's ``/stats`` shows both ends of each
+    direction (as of the latest heartbeat). Counts saturate at their field's maximum.
+    """
+
+    sent: int
+    retransmitted: int
+    acknowledged: int
+    rto_us: int
+    srtt_us: int  # 0 before the first sample
+    window_in_use: int
+    window: int
+    received: int
+    duplicates: int
+    held_back: int
+
+
+@dataclass(frozen=True)
 class Pong:
     """Heartbeat answer; ``next_seq`` is the number the server's next DATA unit will have.
 
     ``received`` is the highest number of the client's own units the server has
     accepted (0: none yet), so a client learns when someone sent numbers under its
-    address that it never used; ``None`` from a server that does not say.
+    address that it never used; ``None`` from a server that does not say. ``report``
+    is an rudp relay's view of the session (``None`` from a UDP relay).
     """
 
     nonce: int
     next_seq: int
     received: int | None = None
+    report: Report | None = None
 
 
 @dataclass(frozen=True)
@@ -339,8 +366,17 @@ def decode_datagram(data: bytes) -> Datagram:
         if kind is Kind.PING:
             return Ping(fields[0], fields[1])
         if kind is Kind.PONG:
-            received = _U64.unpack_from(body)[0] if len(body) >= _U64.size else None
-            return Pong(fields[0], fields[1], received)
+            if not body:
+                return Pong(fields[0], fields[1])
+            if len(body) < _U64.size:
+                raise _malformed("a PONG's received field has 8 bytes")
+            received = _U64.unpack_from(body)[0]
+            rest = body[_U64.size :]
+            if not rest:
+                return Pong(fields[0], fields[1], received)
+            if len(rest) != _REPORT.size:
+                raise _malformed("a PONG's report has 36 bytes")
+            return Pong(fields[0], fields[1], received, Report(*_REPORT.unpack(rest)))
         if kind is Kind.BYE:
             return Bye(body[:MAX_BYE_REASON].decode("utf-8", "replace"))
         if kind is Kind.NOTICE:
@@ -410,10 +446,26 @@ def encode_ping(nonce: int, ack: int) -> bytes:
     return HEADERS[Kind.PING].pack(MAGIC, DATAGRAM_VERSION, Kind.PING, nonce, ack)
 
 
-def encode_pong(nonce: int, next_seq: int, received: int | None = None) -> bytes:
-    """A PONG; ``received`` (the highest client unit accepted) is appended when given."""
+#: A PONG's report: five 4-byte counts, two 2-byte ones, three 4-byte ones.
+_REPORT = struct.Struct("!IIIIIHHIII")
+_REPORT_LIMITS = [0xFFFF if code == "H" else 0xFFFF_FFFF for code in _REPORT.format[1:]]
+
+
+def encode_pong(
+    nonce: int, next_seq: int, received: int | None = None, report: Report | None = None
+) -> bytes:
+    """A PONG; ``received`` (the highest client unit accepted) is appended when given,
+    then an rudp relay's ``report`` (counts saturate; it needs ``received`` before it)."""
     pong = HEADERS[Kind.PONG].pack(MAGIC, DATAGRAM_VERSION, Kind.PONG, nonce, next_seq)
-    return pong if received is None else pong + _U64.pack(received)
+    if received is None and report is None:
+        return pong
+    pong += _U64.pack(received or 0)
+    if report is None:
+        return pong
+    values = dataclasses.astuple(report)
+    return pong + _REPORT.pack(
+        *(min(max(value, 0), limit) for value, limit in zip(values, _REPORT_LIMITS, strict=True))
+    )
 
 
 def encode_bye(reason: str) -> bytes:

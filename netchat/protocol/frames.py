@@ -163,12 +163,16 @@ class Hello(_Validated, Frame):
     """First frame of a structured client: asks to join under ``name``.
 
     ``password`` is given to a TCP server that asks for one (its banner says so); it
-    is left out of the JSON when empty and never shown in a repr.
+    is left out of the JSON when empty and never shown in a repr. ``proto`` is the
+    ``--proto`` a datagram client speaks (``udp``, ``rudp``), so a relay can refuse a
+    client of the other one; ``""`` from TCP clients and from UDP clients older than
+    the field.
     """
 
     name: str
     client: str = ""
     password: str = dataclasses.field(default="", repr=False, metadata={_OMIT_EMPTY: True})
+    proto: str = dataclasses.field(default="", metadata={_OMIT_EMPTY: True})
 
 
 @_register("say")

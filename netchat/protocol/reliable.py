@@ -39,6 +39,14 @@ retransmission timer (RFC 6298) and QUIC's loss recovery (RFC 9002), at chat sca
   the retransmission timer, keyed to the oldest transmission still unacknowledged
   (as Linux does), expires. Only units found lost are sent again; units the
   receiver reported in a SACK range never are.
+* **Bookkeeping per datagram.** The sender keeps one record per DATA datagram (a
+  *run* of consecutive units), not one per unit, as QUIC keeps one per packet: a
+  relay that packs six frames into a datagram then numbers, times, acknowledges and
+  frees one record. :meth:`Sender.send_frames` queues what a trusted encoder wrote
+  (the relay's stream log) as such runs without looking at each frame. Where an ACK
+  ends inside a run (rare: a receiver whose window ended there, or a retransmission
+  that regrouped units), the run is cut there; lost runs that follow each other are
+  resent as one datagram when they fit.
 * **Flow control.** At most ``window`` units (the span from the oldest
   unacknowledged unit, as TCP's window) are in flight, and never more than the
   receiver advertises, so the receiver's reorder buffer never holds more than
@@ -81,6 +89,7 @@ __all__ = [
     "MAX_WINDOW",
     "MIN_RTO",
     "PACKET_THRESHOLD",
+    "ROOM",
     "TIME_THRESHOLD",
     "Failure",
     "Receiver",
@@ -137,7 +146,8 @@ ACK_EVERY = 2
 #: DATA comes in bursts in which :data:`ACK_EVERY` does the saving anyway.
 MAX_ACK_DELAY = 0.005
 
-_ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+#: Payload room of one DATA datagram; a transport that adds bytes (sealing) gives less.
+ROOM = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
 _ACK_HEADER = dg.HEADERS[dg.Kind.ACK]
 # The largest ACK must fit in a datagram; MAX_SACK_RANGES is sized for it.
 assert _ACK_HEADER.size + 8 * dg.MAX_SACK_RANGES <= MAX_DATAGRAM_BYTES
@@ -155,39 +165,74 @@ class Failure:
     detail: str
 
 
-class _Unit:
-    """One unit on its way: its payload, where it sits in a frame, and its history."""
+class _Run:
+    """Consecutive units on their way, as one DATA datagram carries them: whole frames,
+    perhaps a continuation piece first (``cont``) and an unfinished piece last
+    (``more``), with their transmission history.
 
-    __slots__ = ("cont", "more", "payload", "sacked", "sent_at", "seq", "transmissions", "tx")
+    The grouping is the sender's private bookkeeping, as QUIC keeps one record per
+    packet and not per frame: on the wire every unit has its own number, and where an
+    acknowledgement ends inside a run the run is cut in two (:meth:`cut`). A relay that
+    packs six frames into a datagram thus keeps, times and acknowledges one record.
+    """
 
-    def __init__(self, seq: int, payload: bytes, cont: bool = False, more: bool = False) -> None:
-        self.seq = seq
+    __slots__ = (
+        "cont",
+        "count",
+        "end",
+        "more",
+        "payload",
+        "sacked",
+        "sent_at",
+        "seq",
+        "transmissions",
+        "tx",
+    )
+
+    def __init__(
+        self, seq: int, payload: bytes, count: int, cont: bool = False, more: bool = False
+    ) -> None:
+        self.seq = seq  # number of the first unit
         self.payload = payload
-        self.cont = cont  # continues the frame the previous unit started
-        self.more = more  # continued by the next unit
+        self.count = count  # units: the newlines, plus one for an unfinished piece
+        self.end = seq + count  # the number after the last unit
+        self.cont = cont  # the first unit continues the frame the previous run started
+        self.more = more  # the last unit is continued by the next run
         self.sent_at = 0.0  # time of the latest transmission
         self.tx = 0  # number of the datagram that carried the latest transmission
         self.transmissions = 0
         self.sacked = False
 
+    def cut(self, at: int) -> _Run:
+        """Keep the units before ``at`` (``seq < at < end``); return the rest, with the
+        same history."""
+        payload = self.payload
+        offset = -1
+        for _ in range(at - self.seq):  # every unit but an unfinished last one ends in \n
+            offset = payload.index(b"\n", offset + 1)
+        offset += 1
+        tail = _Run(at, payload[offset:], self.end - at, False, self.more)
+        tail.sent_at, tail.tx = self.sent_at, self.tx
+        tail.transmissions, tail.sacked = self.transmissions, self.sacked
+        self.payload, self.count, self.end, self.more = payload[:offset], at - self.seq, at, False
+        return tail
 
-def _pack(units: list[_Unit]) -> list[list[_Unit]]:
-    """Group units, in order, into what one DATA datagram may carry: consecutive
-    numbers, a continuation piece only first, an unfinished piece only last."""
-    groups: list[list[_Unit]] = []
-    group: list[_Unit] = []
+
+def _pack(runs: list[_Run], room: int) -> list[list[_Run]]:
+    """Group runs, in order, into what one DATA datagram may carry: consecutive
+    numbers, a continuation piece only first, an unfinished piece only last, at most
+    ``room`` bytes."""
+    groups: list[list[_Run]] = []
+    group: list[_Run] = []
     size = 0
-    for unit in units:
+    for run in runs:
         if group and (
-            unit.cont
-            or group[-1].more
-            or unit.seq != group[-1].seq + 1
-            or size + len(unit.payload) > _ROOM
+            run.cont or group[-1].more or run.seq != group[-1].end or size + len(run.payload) > room
         ):
             groups.append(group)
             group, size = [], 0
-        group.append(unit)
-        size += len(unit.payload)
+        group.append(run)
+        size += len(run.payload)
     if group:
         groups.append(group)
     return groups
@@ -196,10 +241,11 @@ def _pack(units: list[_Unit]) -> list[list[_Unit]]:
 class Sender:
     """The sending half of one direction: numbers, transmits and retransmits units.
 
-    Use: :meth:`send` each frame; pass each ACK to :meth:`on_ack`; call
-    :meth:`transmit` after either and whenever :meth:`next_deadline` passes, and send
-    the datagrams it returns in order. Once :attr:`failure` is set the sender is
-    finished: it sends nothing more and holds no units.
+    Use: :meth:`send` each frame (or :meth:`send_frames` a run of them); pass each ACK
+    to :meth:`on_ack`; call :meth:`transmit` after either and whenever
+    :meth:`next_deadline` passes, and send the datagrams it returns in order. Once
+    :attr:`failure` is set the sender is finished: it sends nothing more and holds no
+    units.
 
     Args:
         first_seq: number of the first unit (the relay's ACCEPT announces it).
@@ -210,9 +256,11 @@ class Sender:
         max_rto: ceiling of the backed-off retransmission timeout (seconds).
         peer_max_ack_delay: the longest the receiver delays an ACK (seconds).
         dead_after: seconds without progress, units in flight, before failing as dead.
+        room: most payload bytes in one DATA datagram (less than :data:`ROOM` when the
+            transport adds bytes of its own, such as a seal).
 
     Raises:
-        ValueError: a window outside 1..65535 or non-positive times.
+        ValueError: a window outside 1..65535, non-positive times, or a room too small.
     """
 
     def __init__(
@@ -226,12 +274,16 @@ class Sender:
         max_rto: float = MAX_RTO,
         peer_max_ack_delay: float = MAX_ACK_DELAY,
         dead_after: float = DEAD_AFTER,
+        room: int = ROOM,
     ) -> None:
         if not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window must be 1..{MAX_WINDOW} units")
         if min(initial_rtt, min_rto, dead_after) <= 0 or max_rto < min_rto:
             raise ValueError("times must be positive and max_rto at least min_rto")
+        if not 64 <= room <= ROOM:
+            raise ValueError(f"room must be 64..{ROOM} bytes")
         self.window = window
+        self.room = room
         self.max_queue = max_queue
         self.min_rto = min_rto
         self.max_rto = max_rto
@@ -242,16 +294,18 @@ class Sender:
         self._snd_una = first_seq  # oldest unit not cumulatively acknowledged
         self._snd_nxt = first_seq  # next unit to be transmitted for the first time
         self._peer_window = window
-        self._backlog: deque[_Unit] = deque()  # numbered, never sent
-        self._flight: dict[int, _Unit] = {}  # sent, below the cumulative ack: seq -> unit
+        self._backlog: deque[_Run] = deque()  # numbered, never sent: [snd_nxt, next_new)
+        # Sent, not cumulatively acknowledged: first unit -> run. The runs cover
+        # [snd_una, snd_nxt) end to end, so a walk from snd_una finds any unit.
+        self._flight: dict[int, _Run] = {}
         # Sent, neither acknowledged nor found lost, in order of latest transmission
         # (retransmitting re-inserts at the end). An OrderedDict, not a dict: its
         # oldest entry is found in O(1) however many were removed before it.
-        self._outstanding: OrderedDict[int, _Unit] = OrderedDict()
-        self._lost: dict[int, _Unit] = {}  # found lost, waiting to be sent again
+        self._outstanding: OrderedDict[_Run, None] = OrderedDict()
+        self._lost: dict[int, _Run] = {}  # found lost, waiting to be sent again
         self._queued_bytes = 0
         self._tx = 0  # datagrams transmitted: the private "packet number"
-        self._largest_acked_tx = 0  # of a unit sent once, so unambiguous
+        self._largest_acked_tx = 0  # of a run sent once, so unambiguous
         self._loss_time: float | None = None
         self._progress_at = 0.0  # last ACK of something new, or start of a flight
         self._last_now = 0.0
@@ -263,7 +317,7 @@ class Sender:
         self._backoff = 0
         self._rto = 0.0
         self._update_rto()
-        # Counters for /stats.
+        # Counters for /stats (in units).
         self.sent = 0  # units transmitted for the first time
         self.retransmitted = 0  # unit retransmissions
         self.acknowledged = 0  # units acknowledged (cumulatively or in a SACK range)
@@ -298,9 +352,14 @@ class Sender:
         return self._snd_nxt - self._snd_una
 
     @property
+    def next_unit(self) -> int:
+        """The number the next frame's first unit will get."""
+        return self._next_new
+
+    @property
     def backlog(self) -> int:
         """Units numbered but not yet sent, waiting for the window to open."""
-        return len(self._backlog)
+        return self._next_new - self._snd_nxt
 
     @property
     def queued_bytes(self) -> int:
@@ -344,7 +403,7 @@ class Sender:
         if self._flight:
             deadlines.append(self._progress_at + self.dead_after)
         if self._outstanding:
-            oldest = next(iter(self._outstanding.values()))
+            oldest = next(iter(self._outstanding))
             deadlines.append(oldest.sent_at + self._rto)
         if self._loss_time is not None:
             deadlines.append(self._loss_time)
@@ -373,6 +432,61 @@ class Sender:
             raise LocalProtocolError(
                 f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}", code="too-large"
             )
+        if not self._admit(size):
+            return False
+        if size <= self.room:  # the common case: one frame, one unit
+            self._backlog.append(_Run(self._next_new, frame, 1))
+            self._next_new += 1
+        else:
+            self._cut_into_pieces(frame)
+        return True
+
+    def send_frames(self, frames: bytes) -> bool:
+        """Queue several encoded frames at once, as :meth:`send` would one by one.
+
+        For a transport handing on what an encoder it trusts wrote (the relay's stream
+        log): ``frames`` is their concatenation, each one line ending in ``\\n``, and
+        they are not checked one by one. Frames that fit in a datagram together
+        become one record, so the usual case costs no work per frame.
+
+        Returns:
+            As :meth:`send`.
+
+        Raises:
+            LocalProtocolError: ``frames`` is not empty and does not end in a newline.
+        """
+        size = len(frames)
+        if not size:
+            return self.failure is None
+        if frames[-1:] != b"\n":
+            raise LocalProtocolError("frames are lines ending in a newline")
+        if not self._admit(size):
+            return False
+        seq = self._next_new
+        room = self.room
+        if size <= room:  # the usual case: what a member is owed fits one datagram
+            count = frames.count(b"\n")
+            self._backlog.append(_Run(seq, frames, count))
+            self._next_new = seq + count
+            return True
+        append = self._backlog.append
+        start = 0
+        while start < size:
+            end = frames.index(b"\n", start) + 1  # of the first frame
+            if end - start > room:
+                self._cut_into_pieces(frames[start:end])
+            else:
+                end = frames.rindex(b"\n", start, start + room) + 1  # whole frames that fit
+                run = frames[start:end]
+                count = run.count(b"\n")
+                append(_Run(self._next_new, run, count))
+                self._next_new += count
+            start = end
+        return True
+
+    def _admit(self, size: int) -> bool:
+        """Count ``size`` more bytes as queued; False (failing as too slow) if that
+        passes ``max_queue``, or if the sender has failed already."""
         if self.failure is not None:
             return False
         queued = self._queued_bytes + size
@@ -380,17 +494,18 @@ class Sender:
             self._fail("too-slow", f"too slow: over {self.max_queue} bytes unacknowledged")
             return False
         self._queued_bytes = queued
+        return True
+
+    def _cut_into_pieces(self, frame: bytes) -> None:
+        """Queue a frame too large for one datagram as pieces, one unit each."""
         seq = self._next_new
-        if size <= _ROOM:  # the common case: one frame, one unit
-            self._backlog.append(_Unit(seq, frame))
-            self._next_new = seq + 1
-            return True
-        for start in range(0, size, _ROOM):
-            more = start + _ROOM < size
-            self._backlog.append(_Unit(seq, frame[start : start + _ROOM], start > 0, more))
+        size = len(frame)
+        room = self.room
+        for start in range(0, size, room):
+            more = start + room < size
+            self._backlog.append(_Run(seq, frame[start : start + room], 1, start > 0, more))
             seq += 1
         self._next_new = seq
-        return True
 
     def on_ack(self, ack: dg.Ack, now: float) -> None:
         """Take one ACK: free what it acknowledges, time a round trip, find losses.
@@ -402,53 +517,107 @@ class Sender:
         if self.failure is not None:
             return
         self.acks += 1
-        if ack.cumulative > self._snd_nxt:
+        cumulative = ack.cumulative
+        if cumulative > self._snd_nxt:
             self.invalid_acks += 1
             return
-        if ack.cumulative >= self._snd_una:  # not an old ACK overtaken by a newer one
+        if cumulative >= self._snd_una:  # not an old ACK overtaken by a newer one
             self._peer_window = max(1, min(ack.window, self.window))
-        newly: list[_Unit] = []
-        freed = 0
-        pop = self._flight.pop
-        for seq in range(self._snd_una, ack.cumulative):
-            unit = pop(seq)
-            freed += len(unit.payload)
-            if not unit.sacked:
-                newly.append(unit)
-        self._queued_bytes -= freed
-        self._snd_una = max(self._snd_una, ack.cumulative)
-        for start, end in ack.ranges:
-            if end > self._snd_nxt:
-                self.invalid_acks += 1
-            for seq in range(max(start, self._snd_una), min(end, self._snd_nxt)):
-                unit = self._flight[seq]
-                if not unit.sacked:
-                    unit.sacked = True
-                    newly.append(unit)
+        newly: list[_Run] = []
+        flight = self._flight
+        seq = self._snd_una
+        if seq < cumulative:
+            freed = 0
+            while seq < cumulative:
+                run = flight[seq]
+                if run.end > cumulative:  # the ACK ends inside it: keep the rest
+                    self._split(run, cumulative)
+                del flight[seq]
+                freed += len(run.payload)
+                if not run.sacked:
+                    newly.append(run)
+                seq = run.end
+            self._queued_bytes -= freed
+            self._snd_una = cumulative
+        if ack.ranges:
+            self._sacked(ack.ranges, newly)
         if not newly:
             return
-        echo: _Unit | None = None
+        echo = ack.echo
+        echo_run: _Run | None = None
         largest = self._largest_acked_tx
         forget = self._outstanding.pop
         lost = self._lost
-        for unit in newly:
-            forget(unit.seq, None)
-            if lost:
-                lost.pop(unit.seq, None)
-            if unit.transmissions == 1:
-                if unit.tx > largest:
-                    largest = unit.tx
-                if unit.seq == ack.echo:
-                    echo = unit
+        units = 0
+        for run in newly:
+            forget(run, None)
+            if lost and lost.get(run.seq) is run:
+                del lost[run.seq]
+            units += run.count
+            if run.transmissions == 1:
+                if run.tx > largest:
+                    largest = run.tx
+                if run.seq <= echo < run.seq + run.count:
+                    echo_run = run
         self._largest_acked_tx = largest
-        self.acknowledged += len(newly)
+        self.acknowledged += units
         self._progress_at = now
-        if echo is not None:
-            self._sample_rtt(now - echo.sent_at, ack.delay_us / 1e6)
-        if echo is not None or self._backoff:
+        if echo_run is not None:
+            self._sample_rtt(now - echo_run.sent_at, ack.delay_us / 1e6)
+        if echo_run is not None or self._backoff:
             self._backoff = 0
             self._update_rto()
         self._detect_losses(now)
+
+    def _sacked(self, ranges: tuple[tuple[int, int], ...], newly: list[_Run]) -> None:
+        """Mark what SACK ``ranges`` cover, cutting runs at their edges; add the runs
+        newly acknowledged to ``newly``."""
+        flight = self._flight
+        snd_una, snd_nxt = self._snd_una, self._snd_nxt
+        seq = snd_una  # a run's first unit; ranges are ascending, so the walk goes on
+        for start, end in ranges:
+            if end > snd_nxt:
+                self.invalid_acks += 1
+            start, end = max(start, snd_una), min(end, snd_nxt)
+            if start >= end:
+                continue
+            if start < seq:  # out of order (only a hostile ACK): walk from the start
+                seq = snd_una
+            run = flight[seq]
+            while run.end <= start:
+                seq = run.end
+                run = flight[seq]
+            while seq < end:
+                run = flight[seq]
+                if not run.sacked:  # (a sacked run, perhaps by an earlier range, stays whole)
+                    if seq < start:
+                        run = self._split(run, start)
+                        seq = start
+                    if run.end > end:
+                        self._split(run, end)
+                    run.sacked = True
+                    newly.append(run)
+                seq = run.end
+
+    def _split(self, run: _Run, at: int) -> _Run:
+        """Cut a sent ``run`` at unit ``at`` and file the second half where the first
+        is: in flight, among the outstanding (at its place in transmission order) and
+        among the lost."""
+        tail = run.cut(at)
+        if self._flight.get(run.seq) is run:
+            self._flight[at] = tail
+        if run in self._outstanding:
+            # Rare (an ACK that ends inside what one datagram carried): rebuild, so the
+            # order of transmissions, which loss detection walks, stays exact.
+            rebuilt: OrderedDict[_Run, None] = OrderedDict()
+            for other in self._outstanding:
+                rebuilt[other] = None
+                if other is run:
+                    rebuilt[tail] = None
+            self._outstanding = rebuilt
+        if self._lost.get(run.seq) is run:
+            self._lost[at] = tail
+        return tail
 
     def _sample_rtt(self, latest: float, ack_delay: float) -> None:
         """RFC 9002 §5.3 (the receiver's delay taken out) feeding RFC 6298 §2."""
@@ -467,25 +636,25 @@ class Sender:
         """Mark lost what a later acknowledged datagram proves lost (RFC 9002 §6.1)."""
         self._loss_time = None
         largest = self._largest_acked_tx
-        if not self._outstanding or next(iter(self._outstanding.values())).tx >= largest:
+        if not self._outstanding or next(iter(self._outstanding)).tx >= largest:
             return  # the usual case: nothing sent before the newest acknowledged waits
         delay = max(TIME_THRESHOLD * max(self._srtt, self._latest_rtt), GRANULARITY)
         lost = []
-        for unit in self._outstanding.values():  # oldest transmission first
-            if unit.tx >= largest:
+        for run in self._outstanding:  # oldest transmission first
+            if run.tx >= largest:
                 break  # nothing sent after it was acknowledged (yet)
-            if unit.tx <= largest - PACKET_THRESHOLD or unit.sent_at + delay <= now:
-                lost.append(unit)
+            if run.tx <= largest - PACKET_THRESHOLD or run.sent_at + delay <= now:
+                lost.append(run)
             else:
-                self._loss_time = unit.sent_at + delay
+                self._loss_time = run.sent_at + delay
                 break  # later transmissions are younger still
-        for unit in lost:
-            self._mark_lost(unit)
+        for run in lost:
+            self._mark_lost(run)
 
-    def _mark_lost(self, unit: _Unit) -> None:
-        del self._outstanding[unit.seq]
-        self._lost[unit.seq] = unit
-        self.lost += 1
+    def _mark_lost(self, run: _Run) -> None:
+        del self._outstanding[run]
+        self._lost[run.seq] = run
+        self.lost += run.count
 
     # --- output ----------------------------------------------------------------------
 
@@ -501,7 +670,7 @@ class Sender:
         if self._loss_time is not None and now >= self._loss_time:
             self._detect_losses(now)
         if self._outstanding:
-            oldest = next(iter(self._outstanding.values()))
+            oldest = next(iter(self._outstanding))
             if now >= oldest.sent_at + self._rto:
                 self._on_timeout(now)
         datagrams: list[bytes] = []
@@ -509,17 +678,23 @@ class Sender:
             again = [self._lost[seq] for seq in sorted(self._lost)]
             self._lost.clear()
             datagrams += self._emit(again, now)
-        end = self._window_end()
-        fresh: list[_Unit] = []
-        while self._backlog and self._backlog[0].seq < end:
-            fresh.append(self._backlog.popleft())
-        if fresh:
-            if not self._flight:
-                self._progress_at = now  # a new flight: the dead-peer clock starts
-            for unit in fresh:
-                self._flight[unit.seq] = unit
-            self._snd_nxt = fresh[-1].seq + 1
-            datagrams += self._emit(fresh, now)
+        backlog = self._backlog
+        if backlog:
+            end = self._window_end()
+            fresh: list[_Run] = []
+            while backlog and backlog[0].seq < end:
+                run = backlog.popleft()
+                if run.end > end:  # the window ends inside it
+                    backlog.appendleft(run.cut(end))
+                fresh.append(run)
+            if fresh:
+                flight = self._flight
+                if not flight:
+                    self._progress_at = now  # a new flight: the dead-peer clock starts
+                for run in fresh:
+                    flight[run.seq] = run
+                self._snd_nxt = fresh[-1].end
+                datagrams += self._emit(fresh, now)
         return datagrams
 
     def _on_timeout(self, now: float) -> None:
@@ -527,36 +702,46 @@ class Sender:
         self.timeouts += 1
         rto = self._rto
         lost = []
-        for unit in self._outstanding.values():  # oldest transmission first
-            if unit.sent_at + rto > now:
+        for run in self._outstanding:  # oldest transmission first
+            if run.sent_at + rto > now:
                 break
-            lost.append(unit)
-        for unit in lost:
-            self._mark_lost(unit)
+            lost.append(run)
+        for run in lost:
+            self._mark_lost(run)
         if rto < self.max_rto:
             self._backoff += 1
             self._update_rto()
 
-    def _emit(self, units: list[_Unit], now: float) -> list[bytes]:
+    def _emit(self, runs: list[_Run], now: float) -> list[bytes]:
+        """One datagram per group of runs that fit together; each group becomes one
+        run (one record per datagram)."""
         datagrams = []
         outstanding = self._outstanding
-        first_time = 0
-        for group in _pack(units):
+        first_time = again = 0
+        for group in _pack(runs, self.room) if len(runs) > 1 else [runs]:
+            run = group[0]
+            for member in group:
+                if member.transmissions:
+                    again += member.count
+                else:
+                    first_time += member.count
+            if len(group) > 1:
+                flight = self._flight
+                for member in group[1:]:
+                    del flight[member.seq]
+                run.payload = b"".join([member.payload for member in group])
+                run.end = group[-1].end
+                run.count = run.end - run.seq
+                run.more = group[-1].more
+                run.transmissions = max(member.transmissions for member in group)
             self._tx += 1
-            tx = self._tx
-            for unit in group:
-                unit.sent_at = now
-                unit.tx = tx
-                unit.transmissions += 1
-                outstanding[unit.seq] = unit
-                if unit.transmissions == 1:
-                    first_time += 1
-            payload = group[0].payload if len(group) == 1 else b"".join(u.payload for u in group)
-            datagrams.append(
-                dg.encode_data(group[0].seq, payload, more=group[-1].more, cont=group[0].cont)
-            )
+            run.sent_at = now
+            run.tx = self._tx
+            run.transmissions += 1
+            outstanding[run] = None
+            datagrams.append(dg.encode_data(run.seq, run.payload, more=run.more, cont=run.cont))
         self.sent += first_time
-        self.retransmitted += len(units) - first_time
+        self.retransmitted += again
         self.datagrams += len(datagrams)
         return datagrams
 
@@ -569,7 +754,7 @@ class Sender:
         self._lost.clear()
         self._queued_bytes = 0
         self._loss_time = None
-        self._snd_una = self._snd_nxt
+        self._snd_una = self._snd_nxt = self._next_new
 
 
 class Receiver:

@@ -24,6 +24,7 @@ class Proto(str, Enum):
 
     tcp = "tcp"
     udp = "udp"
+    rudp = "rudp"
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,15 @@ class TransportEntry:
     ``Client(host, port, connect_timeout=seconds)``, plus ``password=`` for a datagram
     client in a chat with one (it seals; a stream client's password goes in its
     hello). ``stream`` says whether it runs over TCP (a byte stream: ``nc`` can join,
-    a plain client sends lines) or over UDP (datagrams).
+    a plain client sends lines) or over UDP (datagrams); ``reliable``, whether it
+    repairs loss (a message missing at the end of a measurement is then late, not lost).
     """
 
     summary: str
     server: str
     client: str
     stream: bool
+    reliable: bool
 
 
 TRANSPORTS: dict[Proto, TransportEntry] = {
@@ -49,12 +52,21 @@ TRANSPORTS: dict[Proto, TransportEntry] = {
         "netchat.transport.tcp:TcpServer",
         "netchat.transport.tcp_client:TcpClientTransport",
         stream=True,
+        reliable=True,
     ),
     Proto.udp: TransportEntry(
         "UDP relay: learns members from their datagrams; loss is reported, not repaired",
         "netchat.transport.udp_relay:UdpRelayServer",
         "netchat.transport.udp_client:UdpClientTransport",
         stream=False,
+        reliable=False,
+    ),
+    Proto.rudp: TransportEntry(
+        "reliable UDP relay: the UDP relay plus acknowledgements, retransmission and order",
+        "netchat.transport.rudp_relay:RudpRelayServer",
+        "netchat.transport.rudp_client:RudpClientTransport",
+        stream=False,
+        reliable=True,
     ),
 }
 
@@ -62,6 +74,11 @@ TRANSPORTS: dict[Proto, TransportEntry] = {
 def is_stream(proto: Proto) -> bool:
     """Whether ``proto`` runs over TCP (else over UDP datagrams)."""
     return TRANSPORTS[Proto(proto)].stream
+
+
+def is_reliable(proto: Proto) -> bool:
+    """Whether ``proto`` repairs loss (TCP, rudp) or only reports it (UDP)."""
+    return TRANSPORTS[Proto(proto)].reliable
 
 
 def ip_protocol(proto: Proto) -> str:

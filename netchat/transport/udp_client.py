@@ -46,6 +46,7 @@ speak netchat, raw datagrams out and in, one message each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import socket
 import threading
@@ -119,6 +120,9 @@ class UdpClientTransport:
     Raises:
         LocalProtocolError: the password is unusable (empty after all, or too long).
     """
+
+    #: The ``--proto`` named in our hello.
+    PROTO = "udp"
 
     def __init__(
         self,
@@ -289,6 +293,8 @@ class UdpClientTransport:
         """
         if self._sock is None or self._closed.is_set():
             raise ConnectionClosed("not connected")
+        if isinstance(frame, Hello) and not frame.proto:
+            frame = dataclasses.replace(frame, proto=self.PROTO)  # a relay of the other refuses
         try:
             payload = encode_frame(frame)
         except LocalProtocolError as exc:

@@ -63,6 +63,7 @@ from ..protocol.limits import MAX_DATAGRAM_BYTES
 from ..protocol.seal import SEALED_VERSION, HelloFields
 from ..session import Phase, ServerSession, SessionJoined, SessionPolicy
 from .base import ServerConfig
+from .registry import Proto
 from .waiting import wait_readable
 
 log = logging.getLogger("netchat.udp")
@@ -89,6 +90,17 @@ _DATA_HEADER = dg.HEADERS[dg.Kind.DATA]
 def format_address(address: Address) -> str:
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def wrong_proto(served: str, spoken: str) -> Error:
+    """The refusal of a client speaking ``spoken`` by a relay serving ``served``."""
+    known = spoken in {proto.value for proto in Proto}  # never echo arbitrary text
+    return Error(
+        "wrong-proto",
+        f"this server speaks --proto {served}"
+        + (f", not {spoken}" if known else "")
+        + f": join with netchat --proto {served} client",
+    )
 
 
 def plain_source_allowed(host: str, *, anywhere: bool) -> bool:
@@ -158,6 +170,9 @@ class UdpRelayServer:
     Raises:
         OSError: the address cannot be bound.
     """
+
+    #: The ``--proto`` this relay serves; a hello naming another one is refused.
+    PROTO = "udp"
 
     def __init__(
         self,
@@ -261,11 +276,15 @@ class UdpRelayServer:
 
     # --- the one thread ------------------------------------------------------------------
 
+    def _next_wakeup(self) -> float:
+        """When the loop must run though nothing arrives (a subclass adds its timers)."""
+        return self._next_tick
+
     def _serve_once(self) -> None:
         now = self._clock()
         try:
             readable = wait_readable(
-                [self._sock, self._wake_r], max(0.0, min(self._next_tick - now, 1.0))
+                [self._sock, self._wake_r], max(0.0, min(self._next_wakeup() - now, 1.0))
             )
         except (OSError, ValueError):
             self._stopping.set()
@@ -523,6 +542,9 @@ class UdpRelayServer:
         if not isinstance(hello, Hello):
             self._reject(address, Error("not-joined", "join first: send a hello frame"), sealed)
             return
+        if (hello.proto or "udp") != self.PROTO:  # "": a udp client older than the field
+            self._reject(address, wrong_proto(self.PROTO, hello.proto or "udp"), sealed)
+            return
         try:
             ticket = self.admission.admit(address[0])
         except Rejected as exc:
@@ -548,13 +570,17 @@ class UdpRelayServer:
                 address, error if isinstance(error, Error) else Error("rejected", ""), sealed
             )
             return
-        member = UdpMember(address, session)
+        member = self._new_member(address, session)
         member.accept = dg.encode_accept(1, int(self.heartbeat_interval * 1000), member.name)
         if sealed is not None and self.keys is not None:
             member.accept, member.envelope = self.keys.answer(sealed, member.accept)
             member.ephemeral = sealed.client_ephemeral
         self._members[address] = member
         self.counters["joins"] += 1
+
+    def _new_member(self, address: Address, session: ServerSession) -> UdpMember:
+        """The record of a member that just joined (a subclass adds its own state)."""
+        return UdpMember(address, session)
 
     def _reject(self, address: Address, error: Error, sealed: HelloFields | None = None) -> None:
         self.counters["rejects"] += 1
