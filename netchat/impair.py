@@ -304,7 +304,7 @@ class DatagramLink:
         self._link_free = -math.inf
 
     @property
-    def pending(self) -> int:
+    def held(self) -> int:
         """Datagrams accepted but not yet released."""
         return len(self._queue) + len(self._held)
 
@@ -434,7 +434,7 @@ class StreamLink:
     def __init__(self, impairment: Impairment, rng: random.Random) -> None:
         self.impairment = impairment
         self.counters = LinkCounters()
-        self.pending_bytes = 0
+        self.held_bytes = 0
         self._rng = rng
         # [due, chunk]; a lost chunk's due moves earlier when a later chunk reveals it.
         self._queue: deque[list[Any]] = deque()
@@ -475,7 +475,7 @@ class StreamLink:
                 waiting[0] = min(waiting[0], recovered)
             self._unrecovered.clear()
         self._queue.append(entry)
-        self.pending_bytes += len(chunk)
+        self.held_bytes += len(chunk)
 
     def release(self, now: float) -> list[bytes]:
         """The chunks due by ``now``, in stream order (a chunk waits for those before it)."""
@@ -485,7 +485,7 @@ class StreamLink:
             if self._unrecovered and entry is self._unrecovered[0]:
                 self._unrecovered.pop(0)
             chunk: bytes = entry[1]
-            self.pending_bytes -= len(chunk)
+            self.held_bytes -= len(chunk)
             self.counters.released += 1
             self.counters.released_bytes += len(chunk)
             out.append(chunk)

@@ -92,12 +92,12 @@ log = logging.getLogger("netchat.session")
 __all__ = [
     "LIVE_PHASES",
     "PHASE_MOVES",
+    "Decision",
     "ErrorDigest",
+    "JoinedChat",
     "Mode",
     "Phase",
     "ServerSession",
-    "SessionEvent",
-    "SessionJoined",
     "SessionPolicy",
     "WantsClose",
     "data_to_send_many",
@@ -154,23 +154,27 @@ LIVE_PHASES = frozenset({Phase.AUTHENTICATING, Phase.REGISTERING, Phase.JOINED})
 _UNJOINED = frozenset({Phase.AUTHENTICATING, Phase.REGISTERING})
 
 
+# What the session decided, for its transport: the receive and tick methods return
+# them (usually none). A transport that only follows ``phase`` may ignore them.
+
+
 @dataclass(frozen=True)
-class SessionJoined:
-    """The client joined the chat as ``name``."""
+class JoinedChat:
+    """Decision: the client joined the chat as ``name``."""
 
     name: str
 
 
 @dataclass(frozen=True)
 class WantsClose:
-    """The session is closing: send what :meth:`ServerSession.data_to_send` still
-    returns, then close (or, when ``abort``, close at once)."""
+    """Decision: the session is closing; send what :meth:`ServerSession.data_to_send`
+    still returns, then close (or, when ``abort``, close at once)."""
 
     reason: str
     abort: bool = False
 
 
-SessionEvent = SessionJoined | WantsClose
+Decision = JoinedChat | WantsClose
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,7 @@ class ServerSession:
         self._digest = ErrorDigest(policy.error_window)
         #: replies the datagram being handled may still draw (None: no such bound)
         self._replies_left: int | None = None
-        self._events: list[SessionEvent] = []
+        self._decisions: list[Decision] = []
         self._take = hub.taker()
         self._max_queue = policy.max_queue
         # Output that is not the member's stream: before it joined (the banner,
@@ -365,14 +369,14 @@ class ServerSession:
 
     # --- input -------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float) -> list[SessionEvent]:
+    def receive_data(self, data: bytes, now: float) -> list[Decision]:
         """Bytes from a stream; ``b""`` means the client closed its side."""
         self._now = now
         if self.phase not in LIVE_PHASES:
-            return self._take_events()
+            return self._take_decisions()
         if not data:
             self._close("quit", leave_reason="quit")
-            return self._take_events()
+            return self._take_decisions()
         self._heard(now)
         self._bytes_in += len(data)
         self._last_data = now
@@ -380,18 +384,18 @@ class ServerSession:
             self._newline_seen = True
         self._lines.feed(data)
         self._handle_buffered_lines()
-        return self._take_events()
+        return self._take_decisions()
 
-    def receive_unit(self, unit: bytes, now: float) -> list[SessionEvent]:
+    def receive_unit(self, unit: bytes, now: float) -> list[Decision]:
         """One frame (or plain line) that arrived whole, in a datagram."""
         self._now = now
         if self.phase in LIVE_PHASES:
             self._heard(now)
             self._bytes_in += len(unit)
             self._handle_line(unit.rstrip(b"\r\n"))
-        return self._take_events()
+        return self._take_decisions()
 
-    def receive_datagram(self, units: Iterable[bytes], now: float) -> list[SessionEvent]:
+    def receive_datagram(self, units: Iterable[bytes], now: float) -> list[Decision]:
         """The units of one datagram, each as :meth:`receive_unit` would take it; all
         together they draw at most one reply (an error, a pong, ``who``, ``help``).
 
@@ -399,20 +403,20 @@ class ServerSession:
         requests must not make the server send many times what it received, to the
         sender or to whoever's address it forged.
         """
-        events: list[SessionEvent] = []
+        decisions: list[Decision] = []
         self._replies_left = 1
         try:
             for unit in units:
-                events += self.receive_unit(unit, now)
+                decisions += self.receive_unit(unit, now)
         finally:
             self._replies_left = None
-        return events
+        return decisions
 
     def heard(self, now: float) -> None:
         """The client proved it is alive without sending a line (a datagram heartbeat)."""
         self._heard(now)
 
-    def tick(self, now: float) -> list[SessionEvent]:
+    def tick(self, now: float) -> list[Decision]:
         """Let time pass: deadlines, pings, summaries, the end of a rate-limit pause."""
         self._now = now
         if self.phase in _UNJOINED and now >= self._registration_deadline:
@@ -427,7 +431,7 @@ class ServerSession:
         for code, repeats, text in self._digest.due(now):
             times = "time" if repeats == 1 else "times"
             self._send_error(Error(code, f"{text} (repeated {repeats} more {times})"))
-        return self._take_events()
+        return self._take_decisions()
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has something to do (monotonic time), or ``None``."""
@@ -437,7 +441,7 @@ class ServerSession:
         if self.phase in LIVE_PHASES:
             if self.paused_until is not None:
                 moments.append(self.paused_until)
-            if not self._newline_seen and self._lines.pending:
+            if not self._newline_seen and self._lines.held:
                 moments.append(self._last_data + self.policy.line_gap)
             if self.member is not None:
                 liveness = self._liveness_deadline()
@@ -448,7 +452,7 @@ class ServerSession:
             moments.append(summary)
         return min(moments, default=None)
 
-    def close(self, reason: str) -> list[SessionEvent]:
+    def close(self, reason: str) -> list[Decision]:
         """The server is shutting down: after what it is owed, the client gets one
         goodbye and the session closes.
 
@@ -459,7 +463,7 @@ class ServerSession:
             if self.member is None:
                 self._before.append(self._encode(Shutdown(reason)))
             self._close(reason, leave_reason="shutdown")
-        return self._take_events()
+        return self._take_decisions()
 
     def connection_lost(self, detail: str = "") -> None:
         """The connection died (reset, error, the transport gave up): nothing more
@@ -482,7 +486,7 @@ class ServerSession:
             self.hub.leave(member, "quit")  # a no-op unless it left without saying so
             self.hub.release(member)
 
-    def undeliverable(self, reason: str, detail: str) -> list[SessionEvent]:
+    def undeliverable(self, reason: str, detail: str) -> list[Decision]:
         """The transport can no longer deliver to the client (an rudp sender heard no
         acknowledgement for too long, or what waits for one passed ``max_queue``).
 
@@ -491,7 +495,7 @@ class ServerSession:
         """
         with self._lock:
             if self.abort or self.phase is Phase.CLOSED:
-                return self._take_events()
+                return self._take_decisions()
             self.abort = True
             if not self.close_reason:
                 self.close_reason = detail
@@ -500,8 +504,8 @@ class ServerSession:
         if member is not None:
             self.hub.leave(member, reason, detail)
             self.hub.release(member)
-        self._events.append(WantsClose(self.close_reason, abort=True))
-        return self._take_events()
+        self._decisions.append(WantsClose(self.close_reason, abort=True))
+        return self._take_decisions()
 
     def refuse(self, error: Error) -> None:
         """Tell the client about something its transport refused (an oversized
@@ -771,7 +775,7 @@ class ServerSession:
             self.member = member
             self._move(Move.JOIN)
         self._pings_sent = 0
-        self._events.append(SessionJoined(member.name))
+        self._decisions.append(JoinedChat(member.name))
         return True
 
     def _refuse_name(self, exc: Rejected) -> None:
@@ -860,7 +864,7 @@ class ServerSession:
             member = self.member
         if member is not None:
             self.hub.leave(member, leave_reason, detail)
-        self._events.append(WantsClose(self.close_reason, self.abort))
+        self._decisions.append(WantsClose(self.close_reason, self.abort))
 
     def _drop_too_slow(self, member: Member) -> None:
         with self._lock:
@@ -915,7 +919,7 @@ class ServerSession:
         return (
             not self._newline_seen
             and self.mode is not Mode.STRUCTURED
-            and self._lines.pending > 0
+            and self._lines.held > 0
             and now - self._last_data >= self.policy.line_gap
         )
 
@@ -976,11 +980,11 @@ class ServerSession:
                 f"can't {move.value} when mode={self.mode.value} and phase={self.phase.value}"
             ) from None
 
-    def _take_events(self) -> list[SessionEvent]:
-        if not self._events:
+    def _take_decisions(self) -> list[Decision]:
+        if not self._decisions:
             return []
-        events, self._events = self._events, []
-        return events
+        decisions, self._decisions = self._decisions, []
+        return decisions
 
     def __repr__(self) -> str:
         name = self.member.name if self.member is not None else "-"

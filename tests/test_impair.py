@@ -52,7 +52,7 @@ def run_link(
             break
         now = max(now, due)
         out.extend((now, released) for released in link.release(now))
-    assert link.pending == 0
+    assert link.held == 0
     return out, link
 
 
@@ -349,14 +349,14 @@ def test_a_stream_keeps_every_byte_in_order(
     last_due = 0.0
     for index, chunk in enumerate(chunks):
         link.offer(chunk, index * 0.001)
-    assert link.pending_bytes == sum(map(len, chunks))
+    assert link.held_bytes == sum(map(len, chunks))
     while (due := link.next_due()) is not None:
         assert due >= last_due  # a stream never overtakes itself
         last_due = due
         for piece in link.release(due):
             out += piece
     assert bytes(out) == b"".join(chunks)
-    assert link.pending_bytes == 0
+    assert link.held_bytes == 0
 
 
 class Scripted(random.Random):

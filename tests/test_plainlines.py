@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netchat.protocol.plainlines import PlainLineSplitter, complete_utf8_length, datagram_lines
+from netchat.protocol.plainlines import PlainLineSplitter, datagram_lines
+from netchat.protocol.stream import complete_utf8_length
 
 
 def test_newlines_end_lines_and_crlf_is_one_ending() -> None:
     splitter = PlainLineSplitter()
     assert splitter.feed(b"alice: hi\r\nbob: hello\nhalf", 0.0) == ["alice: hi", "bob: hello"]
-    assert splitter.pending == 4
+    assert splitter.held == 4
     assert splitter.feed(b" a line\n", 0.01) == ["half a line"]
 
 
@@ -41,7 +42,7 @@ def test_a_character_split_by_the_pause_waits_for_its_bytes() -> None:
     splitter = PlainLineSplitter(idle_gap=0.1)
     splitter.feed(data[:-1], 0.0)  # the last byte of "т" is missing
     assert splitter.flush_idle(1.0) == ["bob: Приве"]
-    assert splitter.pending == 1
+    assert splitter.held == 1
     splitter.feed(data[-1:], 1.0)
     assert splitter.flush_idle(2.0) == ["т"]
 
@@ -57,7 +58,7 @@ def test_a_line_never_grows_past_the_bound() -> None:
     splitter = PlainLineSplitter(max_line=16)
     lines = splitter.feed(b"a" * 40, 0.0)
     assert lines == ["a" * 16, "a" * 16]
-    assert splitter.pending == 8
+    assert splitter.held == 8
 
 
 def test_invalid_utf8_is_replaced_not_fatal() -> None:
@@ -68,7 +69,7 @@ def test_flush_takes_everything_at_the_end() -> None:
     splitter = PlainLineSplitter()
     splitter.feed("последняя".encode()[:-1], 0.0)
     assert splitter.flush() == ["последня\ufffd"]
-    assert splitter.pending == 0
+    assert splitter.held == 0
 
 
 def test_datagram_lines() -> None:
@@ -105,7 +106,7 @@ def test_any_chunking_gives_the_lines_of_the_whole(lines: list[str], cuts: list[
         position += cut
     got += splitter.feed(data[position:], 0.0)
     assert got == lines
-    assert splitter.pending == 0
+    assert splitter.held == 0
 
 
 @given(st.text(st.characters(codec="utf-8")), st.integers(1, 12))

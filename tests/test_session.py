@@ -39,11 +39,11 @@ from netchat.protocol.render import clock
 from netchat.protocol.seal import PasswordVerifier
 from netchat.session import (
     PHASE_MOVES,
+    JoinedChat,
     Mode,
     Move,
     Phase,
     ServerSession,
-    SessionJoined,
     SessionPolicy,
     WantsClose,
 )
@@ -83,25 +83,25 @@ class Pair:
         self.hub = hub if hub is not None else make_hub()
         self.now = now
         self.session = ServerSession(self.hub, policy, peer="127.0.0.1:5000", now=now)
-        self.events: list[object] = []
+        self.decisions: list[object] = []
 
     def feed(self, data: bytes, chunks: Iterable[int] | None = None) -> None:
         """Feed ``data`` whole, or cut at the given chunk sizes."""
         if chunks is None:
-            self.events += self.session.receive_data(data, self.now)
+            self.decisions += self.session.receive_data(data, self.now)
             return
         position = 0
         for size in chunks:
             if position >= len(data):
                 break
-            self.events += self.session.receive_data(data[position : position + size], self.now)
+            self.decisions += self.session.receive_data(data[position : position + size], self.now)
             position += size
         if position < len(data):
-            self.events += self.session.receive_data(data[position:], self.now)
+            self.decisions += self.session.receive_data(data[position:], self.now)
 
     def tick(self, seconds: float) -> None:
         self.now += seconds
-        self.events += self.session.tick(self.now)
+        self.decisions += self.session.tick(self.now)
 
     def out(self) -> bytes:
         return self.session.data_to_send()
@@ -148,7 +148,7 @@ def test_a_plain_conversation_exact_transcript(chunking: str) -> None:
         Left("alice", TS, 5, "quit", "see you"),
     ]
     assert nc.session.phase is Phase.CLOSING
-    assert [type(e) for e in nc.events] == [SessionJoined, WantsClose]
+    assert [type(e) for e in nc.decisions] == [JoinedChat, WantsClose]
     nc.feed(b"ignored after quit\r\n")
     assert nc.out() == b"" and other.out() == b""
 
@@ -276,7 +276,7 @@ def test_plain_quit_says_goodbye_and_closes() -> None:
     nc.feed(b"dave\n/quit\n")
     assert nc.out().endswith(line("-!- Goodbye, dave!"))
     assert nc.session.phase is Phase.CLOSING
-    assert nc.events[-1] == WantsClose("quit")
+    assert nc.decisions[-1] == WantsClose("quit")
 
 
 def test_plain_stats_are_words_a_person_understands() -> None:
@@ -479,8 +479,8 @@ def test_a_member_its_transport_cannot_deliver_to_leaves_once_with_the_reason(
     gone = Pair(hub)
     gone.feed(json(Hello("gone")))
     other.feed(json(Say("you there?")))
-    events = gone.session.undeliverable(reason, detail)
-    assert events == [WantsClose(detail, abort=True)]
+    decisions = gone.session.undeliverable(reason, detail)
+    assert decisions == [WantsClose(detail, abort=True)]
     assert gone.session.undeliverable(reason, "again") == []  # once only
     assert (gone.session.abort, gone.session.phase) == (True, Phase.CLOSING)
     assert gone.out() == b""  # nothing more is owed to it
@@ -615,7 +615,7 @@ def test_a_plain_client_gives_the_password_then_its_name_exact_transcript(chunki
         ]
     )
     assert other.frames() == [Joined("алиса", TS, 2), Message("алиса", "привет", TS, 3)]
-    assert [type(e) for e in nc.events] == [SessionJoined]
+    assert [type(e) for e in nc.decisions] == [JoinedChat]
 
 
 def test_a_wrong_password_is_said_paused_after_and_sees_no_chat() -> None:
@@ -652,7 +652,7 @@ def test_three_wrong_passwords_and_the_connection_is_closed_with_the_reason() ->
     )
     assert nc.session.phase is Phase.CLOSING
     assert nc.session.close_reason == "3 wrong passwords"
-    assert nc.events == [WantsClose("3 wrong passwords")]
+    assert nc.decisions == [WantsClose("3 wrong passwords")]
     nc.feed(PASSWORD.encode() + b"\nlate\n")  # too late: nothing more is read
     assert nc.out() == b"" and other.frames() == [] and hub.names() == ("watcher",)
 

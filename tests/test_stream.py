@@ -44,7 +44,7 @@ def feed_chunks(chunks: Iterable[bytes], max_line: int = MAX_FRAME_BYTES) -> lis
     for chunk in chunks:
         reader.feed(chunk)
         out += drain(reader)
-        assert reader.pending <= max(max_line, 0) + len(chunk)
+        assert reader.held <= max(max_line, 0) + len(chunk)
     return out
 
 
@@ -106,15 +106,15 @@ def test_incomplete_line_is_held_back() -> None:
     reader = LineReader()
     reader.feed(b"hel")
     assert reader.next_line() is None
-    assert reader.pending == 3
+    assert reader.held == 3
     reader.feed(b"lo\nwor")
     assert reader.next_line() == b"hello"
     assert reader.next_line() is None
-    assert reader.pending == 3
+    assert reader.held == 3
     reader.feed(b"ld\n")
     assert reader.next_line() == b"world"
     assert reader.next_line() is None
-    assert reader.pending == 0
+    assert reader.held == 0
 
 
 def test_utf8_character_cut_in_half_is_reassembled() -> None:
@@ -179,7 +179,7 @@ def test_memory_stays_bounded_on_an_endless_line(chunk: int, rounds: int) -> Non
     for _ in range(rounds):
         reader.feed(b"x" * chunk)
         errors += drain(reader).count(TOO_LARGE)
-        assert reader.pending <= max_line
+        assert reader.held <= max_line
         assert len(reader._buffer) <= max_line  # nothing hidden behind _start either
     assert errors == (1 if chunk * rounds > max_line else 0)
     reader.feed(b"tail\nnext\n")
@@ -212,7 +212,7 @@ def test_any_bytes_any_chunking_only_raise_frame_too_large(chunks: list[bytes], 
                 assert isinstance(line, bytes)
                 assert b"\n" not in line
                 assert len(line) < limit
-        assert reader.pending <= limit + len(chunk)
+        assert reader.held <= limit + len(chunk)
 
 
 def test_many_lines_in_one_chunk_are_linear() -> None:
@@ -221,4 +221,4 @@ def test_many_lines_in_one_chunk_are_linear() -> None:
     reader = LineReader()
     reader.feed(data)
     assert drain(reader) == [b"line"] * 20_000
-    assert reader.pending == 0
+    assert reader.held == 0

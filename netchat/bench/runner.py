@@ -208,7 +208,7 @@ class Worker:
     def __init__(self, name: str, spec: dict[str, Any], logdir: Path) -> None:
         self.name = name
         self.log = logdir / f"{name}.log"
-        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reports: queue.Queue[dict[str, Any] | None] = queue.Queue()
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "netchat.bench.worker"],
@@ -234,8 +234,8 @@ class Worker:
     def _read(self, stdout: TextIO) -> None:
         for line in stdout:
             with contextlib.suppress(json.JSONDecodeError):
-                self._events.put(json.loads(line))
-        self._events.put(None)
+                self._reports.put(json.loads(line))
+        self._reports.put(None)
 
     def send(self, message: dict[str, Any]) -> None:
         try:
@@ -246,11 +246,11 @@ class Worker:
 
     def expect(
         self,
-        event: str,
+        kind: str,
         timeout: float,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Wait for ``event``; progress events go to ``on_progress`` meanwhile.
+        """Wait for a report of ``kind``; progress reports go to ``on_progress`` meanwhile.
 
         Raises:
             BenchError: the worker reported an error, died, or was silent too long.
@@ -258,22 +258,22 @@ class Worker:
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             try:
-                item = self._events.get(timeout=remaining)
+                item = self._reports.get(timeout=remaining)
             except queue.Empty:
                 break
             if item is None:
-                self._events.put(None)
+                self._reports.put(None)
                 raise BenchError(f"the {self.name} process ended ({self._why()})")
-            if item.get("event") == "error":
+            if item.get("report") == "error":
                 raise BenchError(str(item.get("message", "unknown error")))
-            if item.get("event") == event:
+            if item.get("report") == kind:
                 return item
-            if item.get("event") == "progress" and on_progress is not None:
+            if item.get("report") == "progress" and on_progress is not None:
                 on_progress(item)
-        raise BenchError(f"the {self.name} process did not answer '{event}' within {timeout:.0f} s")
+        raise BenchError(f"the {self.name} process did not answer '{kind}' within {timeout:.0f} s")
 
     def request(self, command: str, answer: str) -> dict[str, Any]:
-        """Send ``command`` and wait (briefly) for the ``answer`` event."""
+        """Send ``command`` and wait (briefly) for the ``answer`` report."""
         self.send({"cmd": command})
         return self.expect(answer, WORKER_START)
 

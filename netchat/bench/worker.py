@@ -8,7 +8,7 @@ with the process that measures them. This module is what runs in the first two.
 
 It talks JSON lines: the first line on standard input says what to be (the *spec*),
 later lines are commands (``{"cmd": "go"}``), and every line it writes on standard
-output is an event (``{"event": "joined", …}``). Nothing else is written on standard
+output is a report (``{"report": "joined", …}``). Nothing else is written on standard
 output; logging goes to standard error, which the benchmark keeps for error reports.
 
 * ``relay``: an :mod:`~netchat.transport.impair_relay` relay, started unarmed so the
@@ -91,9 +91,9 @@ class Channel:
                 self._commands.put(json.loads(line))
         self._commands.put(None)  # the benchmark went away
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def report(self, kind: str, **fields: Any) -> None:
         with self._out_lock:
-            self._out.write(json.dumps({"event": event, **fields}) + "\n")
+            self._out.write(json.dumps({"report": kind, **fields}) + "\n")
             self._out.flush()
 
     def command(self, timeout: float = COMMAND_TIMEOUT) -> str:
@@ -121,23 +121,23 @@ def run_relay(spec: dict[str, Any], channel: Channel) -> int:
             armed=False,
         )
     except OSError as exc:
-        channel.emit("error", message=f"the impairment relay cannot start: {exc}")
+        channel.report("error", message=f"the impairment relay cannot start: {exc}")
         return 1
     thread = threading.Thread(target=relay.serve_forever, name="impair-relay", daemon=True)
     thread.start()
-    channel.emit("ready", address=list(relay.address))
+    channel.report("ready", address=list(relay.address))
     try:
         while True:
             command = channel.command()
             if command == "arm":
                 relay.arm(True)
-                channel.emit("armed", stats=relay.stats())
+                channel.report("armed", stats=relay.stats())
             elif command == "disarm":
                 stats = relay.stats()
                 relay.arm(False)
-                channel.emit("disarmed", stats=stats)
+                channel.report("disarmed", stats=stats)
             elif command == "stats":
-                channel.emit("stats", stats=relay.stats())
+                channel.report("stats", stats=relay.stats())
             elif command == "quit":
                 return 0
     finally:
@@ -359,18 +359,18 @@ def run_clients(spec: dict[str, Any], channel: Channel) -> int:
         if spec["proto"] == PEER:
             _wait_for_peers(members)
     except NetchatError as exc:
-        channel.emit("error", message=f"client {len(members)} could not join: {exc}")
+        channel.report("error", message=f"client {len(members)} could not join: {exc}")
         _close_all(members)
         return 1
-    channel.emit("joined", clients=len(members), setup_s=time.monotonic() - started)
+    channel.report("joined", clients=len(members), setup_s=time.monotonic() - started)
     if channel.command() != "go":
         _close_all(members)
         return 0
     result = _measure(spec, members, gates, channel)
-    channel.emit("done", result=result)
+    channel.report("done", result=result)
     channel.command()  # quit (or the benchmark went away)
     _close_all(members)
-    channel.emit("closed")
+    channel.report("closed")
     return 0
 
 
@@ -397,7 +397,7 @@ def _measure(
         now = time.monotonic()
         if total != last_total:
             last_total, last_change = total, now
-        channel.emit("progress", sent=sum(senders.sent), delivered=delivered, expected=planned)
+        channel.report("progress", sent=sum(senders.sent), delivered=delivered, expected=planned)
         if not senders.finished.is_set():
             continue
         refused = sum(m.refused for m in members[:senders_count])
@@ -483,7 +483,7 @@ def main() -> int:
         return run_relay(spec, channel)
     if role == "clients":
         return run_clients(spec, channel)
-    channel.emit("error", message=f"unknown role {role!r}")
+    channel.report("error", message=f"unknown role {role!r}")
     return 2
 
 

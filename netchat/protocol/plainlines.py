@@ -28,28 +28,10 @@ time they arrived and asks for the idle line once the gap has passed.
 from __future__ import annotations
 
 from .limits import MAX_FRAME_BYTES
+from .stream import complete_utf8_length
 
 #: Seconds of silence after which bytes without a newline are a line of their own.
 IDLE_GAP = 0.15
-
-
-def complete_utf8_length(data: bytes | bytearray) -> int:
-    """Length of the longest prefix of ``data`` that does not end inside a UTF-8 character.
-
-    Only a trailing lead byte whose continuation bytes have not all arrived is left
-    out; invalid bytes are counted in (the decoder replaces them).
-    """
-    end = len(data)
-    for back in range(1, min(4, end) + 1):
-        byte = data[end - back]
-        if byte & 0xC0 == 0x80:  # a continuation byte: keep looking for its lead byte
-            continue
-        if byte >= 0xC0:
-            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            if back < needed:
-                return end - back
-        return end
-    return end
 
 
 def _decode(data: bytes | bytearray) -> str:
@@ -69,36 +51,36 @@ class PlainLineSplitter:
             raise ValueError("idle_gap must be positive and max_line at least 4 bytes")
         self.idle_gap = idle_gap
         self.max_line = max_line
-        self._pending = bytearray()
+        self._held = bytearray()
         self._last_data = 0.0
 
     @property
-    def pending(self) -> int:
+    def held(self) -> int:
         """Bytes received that are not yet part of a returned line."""
-        return len(self._pending)
+        return len(self._held)
 
     def feed(self, data: bytes, now: float) -> list[str]:
         """Add bytes that arrived at ``now``; return the lines they complete."""
         if not data:
             return []
-        self._pending += data
+        self._held += data
         self._last_data = now
         lines: list[str] = []
         start = 0
-        while (newline := self._pending.find(b"\n", start)) >= 0:
-            end = newline - 1 if newline > start and self._pending[newline - 1] == 0x0D else newline
-            lines.append(_decode(self._pending[start:end]))
+        while (newline := self._held.find(b"\n", start)) >= 0:
+            end = newline - 1 if newline > start and self._held[newline - 1] == 0x0D else newline
+            lines.append(_decode(self._held[start:end]))
             start = newline + 1
-        del self._pending[:start]
-        while len(self._pending) >= self.max_line:
-            cut = complete_utf8_length(self._pending[: self.max_line]) or self.max_line
-            lines.append(_decode(self._pending[:cut]))
-            del self._pending[:cut]
+        del self._held[:start]
+        while len(self._held) >= self.max_line:
+            cut = complete_utf8_length(self._held[: self.max_line]) or self.max_line
+            lines.append(_decode(self._held[:cut]))
+            del self._held[:cut]
         return [line for line in lines if line.strip()]
 
     def idle_deadline(self) -> float | None:
         """When the pending bytes become a line if nothing more arrives; None if none wait."""
-        return self._last_data + self.idle_gap if self._pending else None
+        return self._last_data + self.idle_gap if self._held else None
 
     def flush_idle(self, now: float) -> list[str]:
         """The pending bytes as a line, if they have waited ``idle_gap`` seconds by ``now``.
@@ -108,15 +90,15 @@ class PlainLineSplitter:
         deadline = self.idle_deadline()
         if deadline is None or now < deadline:
             return []
-        return self._take(complete_utf8_length(self._pending))
+        return self._take(complete_utf8_length(self._held))
 
     def flush(self) -> list[str]:
         """Everything pending as a last line (at the end of the stream)."""
-        return self._take(len(self._pending))
+        return self._take(len(self._held))
 
     def _take(self, length: int) -> list[str]:
-        text = _decode(self._pending[:length])
-        del self._pending[:length]
+        text = _decode(self._held[:length])
+        del self._held[:length]
         return [text] if text.strip() else []
 
 

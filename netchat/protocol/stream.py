@@ -34,7 +34,7 @@ class LineReader:
         self._buffer += data
 
     @property
-    def pending(self) -> int:
+    def held(self) -> int:
         """Bytes held that do not yet form a complete line."""
         return len(self._buffer) - self._start
 
@@ -89,7 +89,7 @@ class LineReader:
         if self._discarding:
             return b""
         held = self._buffer[self._start :]
-        cut = len(held) - incomplete_utf8_tail(held)
+        cut = complete_utf8_length(held)
         line = bytes(held[:cut])
         del self._buffer[: self._start + cut]
         self._start = 0
@@ -107,14 +107,20 @@ class LineReader:
         self._scanned = 0
 
 
-def incomplete_utf8_tail(data: bytes | bytearray) -> int:
-    """How many bytes at the end of ``data`` are the start of a UTF-8 character still
-    missing its continuation bytes (0 to 3)."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte < 0x80:
-            return 0  # ASCII: complete
-        if byte >= 0xC0:  # a lead byte: how long should its character be?
-            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return back if back < need else 0
-    return 0  # only continuation bytes: invalid anyway, decoding will say so
+def complete_utf8_length(data: bytes | bytearray) -> int:
+    """Length of the longest prefix of ``data`` that does not end inside a UTF-8 character.
+
+    Only a trailing lead byte whose continuation bytes have not all arrived is left
+    out; invalid bytes are counted in (the decoder says what is wrong with them).
+    """
+    end = len(data)
+    for back in range(1, min(4, end) + 1):
+        byte = data[end - back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: keep looking for its lead byte
+            continue
+        if byte >= 0xC0:
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            if back < needed:
+                return end - back
+        return end
+    return end

@@ -307,7 +307,7 @@ class UdpImpairRelay(_RelayBase):
                 self._send_up(flow, datagram)
             for datagram in flow.down.release(now):
                 self._send_down(flow, datagram)
-            if not flow.up.pending and not flow.down.pending:
+            if not flow.up.held and not flow.down.held:
                 self._busy.discard(flow)
         for flow in [f for f in self._flows.values() if now - f.last_active > FLOW_IDLE_TIMEOUT]:
             self._forget(flow)
@@ -474,7 +474,7 @@ class _Direction:
 
     @property
     def backlog(self) -> int:
-        return self.link.pending_bytes + len(self.out)
+        return self.link.held_bytes + len(self.out)
 
     @property
     def wants_read(self) -> bool:
@@ -627,7 +627,7 @@ class TcpImpairRelay(_RelayBase):
                         direction.eof
                         and not direction.shut
                         and not direction.out
-                        and not direction.link.pending_bytes
+                        and not direction.link.held_bytes
                         and not pipe.connecting
                     ):
                         direction.shut = True

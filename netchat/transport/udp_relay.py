@@ -61,7 +61,7 @@ from ..protocol.envelope import CLEAR, Envelope, RelayKeys, is_layout
 from ..protocol.frames import Error, Hello, decode_frame, encode_frame
 from ..protocol.limits import MAX_DATAGRAM_BYTES
 from ..protocol.seal import SEALED_VERSION, HelloFields
-from ..session import Phase, ServerSession, SessionJoined, SessionPolicy
+from ..session import JoinedChat, Phase, ServerSession, SessionPolicy
 from .base import ServerConfig
 from .registry import Proto
 from .waiting import wait_readable
@@ -557,8 +557,8 @@ class UdpRelayServer:
             now=now,
             admission=(self.admission, ticket),
         )
-        events = session.receive_unit(payload, now)
-        if not any(isinstance(event, SessionJoined) for event in events):
+        decisions = session.receive_unit(payload, now)
+        if not any(isinstance(decision, JoinedChat) for decision in decisions):
             refusal = session.data_to_send().split(b"\n", 1)[0]
             session.finished()
             self.admission.release(ticket)
