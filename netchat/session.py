@@ -668,14 +668,10 @@ class ServerSession:
         """The password, before anything else: a structured client's ``hello`` carries
         it (and its name), a plain client's line is nothing but the password."""
         if self.mode is Mode.STRUCTURED:
-            try:
-                frame = decode_frame(line)
-            except ProtocolError as exc:
-                self._error(Error(exc.code, f"frame dropped: {exc}"))
+            frame = self._hello_from(line)
+            if frame is None:
                 return
-            if not isinstance(frame, Hello):
-                self._error(Error("not-joined", "join first: send a hello frame"))
-            elif not frame.password:
+            if not frame.password:
                 self._error(Error("needs-password", "this chat needs a password"))
             elif self._password_accepted(frame.password):
                 self._join(frame.name)
@@ -711,15 +707,22 @@ class ServerSession:
         return False
 
     def _register_structured(self, line: bytes) -> None:
+        frame = self._hello_from(line)
+        if frame is not None:
+            self._join(frame.name)
+
+    def _hello_from(self, line: bytes) -> Hello | None:
+        """The ``hello`` a structured client sent before joining; anything else is
+        answered with an error (and ``None``)."""
         try:
             frame = decode_frame(line)
         except ProtocolError as exc:
             self._error(Error(exc.code, f"frame dropped: {exc}"))
-            return
+            return None
         if not isinstance(frame, Hello):
             self._error(Error("not-joined", "join first: send a hello frame"))
-            return
-        self._join(frame.name)
+            return None
+        return frame
 
     def _register_plain(self, line: bytes) -> None:
         text = self._decode_plain(line)

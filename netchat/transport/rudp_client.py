@@ -28,10 +28,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import ConnectionClosed, RemoteProtocolError
+from ..errors import ConnectionClosed
 from ..protocol import datagram as dg
 from ..protocol import reliable as rel
-from ..protocol.frames import Frame, Hello, Welcome, decode_frame, encode_frame
+from ..protocol.frames import Frame, Hello, encode_frame
 from ..protocol.seal import SEAL_OVERHEAD
 from .udp_client import MISSED_HEARTBEATS, UdpClientTransport
 
@@ -206,13 +206,7 @@ class RudpClientTransport(UdpClientTransport):
                 return
             frames = receiver.on_data(data, now)
         for whole in frames:
-            try:
-                frame = decode_frame(whole)
-            except RemoteProtocolError:
-                continue  # a damaged frame: nothing to show
-            if isinstance(frame, Welcome):
-                self._welcomed = True
-            self._frames.put(frame)
+            self._deliver(whole)
 
     def _tick(self, now: float) -> None:
         super()._tick(now)  # the join's retries, heartbeats, a silent server

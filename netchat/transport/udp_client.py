@@ -599,15 +599,18 @@ class UdpClientTransport:
                 continue
             unit, cont, more = item
             whole = self._reassembler.feed(unit, cont=cont, more=more)
-            if whole is None:
-                continue
-            try:
-                frame = decode_frame(whole)
-            except RemoteProtocolError:
-                continue  # a damaged frame: nothing to show
-            if isinstance(frame, Welcome):
-                self._welcomed = True
-            self._frames.put(frame)
+            if whole is not None:
+                self._deliver(whole)
+
+    def _deliver(self, whole: bytes) -> None:
+        """A whole frame arrived: hand it to :meth:`receive` (a damaged one is dropped)."""
+        try:
+            frame = decode_frame(whole)
+        except RemoteProtocolError:
+            return  # nothing to show
+        if isinstance(frame, Welcome):
+            self._welcomed = True
+        self._frames.put(frame)
 
     def _tick(self, now: float) -> None:
         self._release(self._tracker.poll(now))
