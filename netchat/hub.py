@@ -198,11 +198,6 @@ class Hub:
         """:meth:`take` for many members at once (one lock, shared slices)."""
         return self._log.take_many([member.cursor for member in members])
 
-    def taker(self) -> Callable[[Cursor], bytes]:
-        """:meth:`take` for the hot path: called with a member's ``cursor``, it saves
-        two calls per member per flush."""
-        return self._log.take
-
     def owed(self, member: Member) -> int:
         """Bytes ``member`` is owed and has not taken."""
         return self._log.owed(member.cursor)

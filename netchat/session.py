@@ -356,7 +356,6 @@ class ServerSession:
         #: replies the datagram being handled may still draw (None: no such bound)
         self._replies_left: int | None = None
         self._decisions: list[Decision] = []
-        self._take = hub.taker()
         self._max_queue = policy.max_queue
         # Output that is not the member's stream: before it joined (the banner,
         # prompts, refusals) and after it left (a goodbye line).
@@ -524,7 +523,7 @@ class ServerSession:
         before, after = self._before, self._after
         if member is not None and not before and not after and not self.abort:
             # The fan-out hot path, once per member per flush: one slice of the log.
-            owed = self._take(member.cursor)
+            owed = self.hub.take(member)
             if len(owed) > self._max_queue and member.present:
                 self._drop_too_slow(member)
                 return b""
@@ -536,7 +535,7 @@ class ServerSession:
         while before:
             parts.append(before.popleft())
         if member is not None:
-            owed = self._take(member.cursor)
+            owed = self.hub.take(member)
             if len(owed) > self._max_queue and member.present:
                 self._drop_too_slow(member)
                 return b""
