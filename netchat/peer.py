@@ -26,9 +26,10 @@ little and keeps everything bounded:
 * **A newcomer is shown once heard twice.** One datagram from an unknown instance
   makes it a *newcomer* (not shown, kept at most :data:`NEWCOMER_EXPIRY` heartbeat
   intervals, at most :data:`MAX_NEWCOMERS` of them and :data:`MAX_NEWCOMERS_PER_HOST`
-  per address), so a flood of fake ids heard once each costs a fixed table and shows
-  nothing. A second datagram from the same source makes it a peer (at most
-  :data:`MAX_PEERS`).
+  per address; a full table refuses more until they expire or become peers), so a
+  flood of fake ids heard once each costs a fixed table and shows nothing, and a
+  larger crowd joins a table-full at a time. A second datagram from the same source
+  makes it a peer (at most :data:`MAX_PEERS`).
 * **Replies are rate-limited.** A newcomer brings our next announcement forward,
   never closer than :data:`REPLY_SPACING` intervals to the previous one, so a flood
   of newcomers draws a handful of announcements, not one each.
@@ -709,16 +710,18 @@ class Peer:
         return self._confirm(instance, newcomer, now)
 
     def _add_newcomer(self, instance: bytes, newcomer: _Newcomer) -> None:
+        # A full table refuses the newcomer instead of evicting an older one: a crowd
+        # larger than the table (netchat bench starts 20 or 50 peers on one host) then
+        # evicted each other before anyone was heard twice, and nobody ever joined.
+        # Refused, a newcomer is heard again at its next announcement, by when the
+        # first ones have become peers and made room; one-off ids expire.
+        host = newcomer.address[0]
         with self._lock:
-            same_host = [
-                i for i, n in self._newcomers.items() if n.address[0] == newcomer.address[0]
-            ]
-            if len(same_host) >= MAX_NEWCOMERS_PER_HOST:
-                del self._newcomers[same_host[0]]  # the oldest from that host
-            elif len(self._newcomers) >= MAX_NEWCOMERS:
-                del self._newcomers[next(iter(self._newcomers))]  # the oldest of all
-            self._newcomers[instance] = newcomer
-        self._counters["newcomers_heard"] += 1
+            same_host = sum(1 for n in self._newcomers.values() if n.address[0] == host)
+            full = same_host >= MAX_NEWCOMERS_PER_HOST or len(self._newcomers) >= MAX_NEWCOMERS
+            if not full:
+                self._newcomers[instance] = newcomer
+        self._counters["newcomers_refused" if full else "newcomers_heard"] += 1
 
     def _confirm(self, instance: bytes, newcomer: _Newcomer, now: float) -> _Known:
         """Heard twice from one address: a peer. Show it, and answer so it learns us."""

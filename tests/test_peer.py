@@ -490,6 +490,21 @@ def test_newcomers_from_one_host_cannot_crowd_out_the_others() -> None:
     assert bob.transcript() == ["-!- alice joined"]
 
 
+def test_a_crowd_of_peers_on_one_host_all_join() -> None:
+    # More peers than the per-host newcomer table holds, all started at once on one
+    # machine (netchat bench's fan-out runs 20 and 50): each announces in turn. Evicting
+    # the oldest newcomer made them push each other out before anyone was heard twice,
+    # so none ever joined; the table now admits newcomers as peers make room.
+    bob = Offline("bob")
+    crowd = [(n.to_bytes(8, "big"), f"p{n:02}", ("127.0.0.1", 41000 + n)) for n in range(20)]
+    for _round in range(4):  # 8 join per round, as the first 8 make room: 20 need 4
+        for instance, name, source in crowd:
+            bob.presence(instance, name, source)
+        bob.now += 0.25
+    assert bob.transcript() == [f"-!- {name} joined" for _instance, name, _source in crowd]
+    assert bob.peer.stats()["peers"] == 20 and bob.peer.stats()["newcomers"] == 0
+
+
 INSTANCES = st.sampled_from([ALICE, MALLORY, b"\x00" * 8, b"\xff" * 8])
 SOURCES = st.sampled_from([ALICE_AT, MALLORY_AT, ("127.0.0.2", 1)])
 SEQS = st.sampled_from([0, 1, 2, 3, 4096, 2**32, 2**63, 2**64 - 1]) | st.integers(0, 50)
