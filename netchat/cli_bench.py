@@ -370,7 +370,7 @@ def impair(
     jittered and throttled (bytes of a stream cannot be dropped: loss becomes a stall)."""
     from .bench.params import parse_hostport
     from .transport.impair_relay import make_impair_relay
-    from .transport.registry import is_stream
+    from .transport.registry import ip_protocol, is_stream
 
     chosen = proto or _global_proto(ctx) or Proto.tcp
     impairment = _impairment(
@@ -396,7 +396,11 @@ def impair(
         typer.echo(f"netchat: cannot relay {listen} -> {upstream}: {exc.strerror or exc}", err=True)
         raise typer.Exit(code=1) from None
     host, port = relay.address
-    kind = "tcp" if stream else "udp"
+    kind = (
+        chosen.value
+        if chosen.value == ip_protocol(chosen)
+        else f"{chosen.value} (over {ip_protocol(chosen)})"
+    )
     typer.echo(
         f"netchat: impairing {kind} {host}:{port} -> {upstream}: {impairment.describe()}"
         " (Ctrl-C to stop)",

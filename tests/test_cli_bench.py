@@ -231,6 +231,25 @@ def test_impair_relays_a_real_chat_and_reports_at_exit(make_server: ServerFactor
     assert "stopped; flows=" in rest and "duplicated=" in rest
 
 
+@pytest.mark.parametrize(
+    ("proto", "named"), [("tcp", "tcp"), ("udp", "udp"), ("rudp", r"rudp \(over udp\)")]
+)
+def test_impair_names_the_transport_it_relays(proto: str, named: str) -> None:
+    command = [
+        sys.executable, "-m", "netchat", "impair", "--proto", proto, "--listen", "127.0.0.1:0",
+        "--upstream", "127.0.0.1:9", "--delay", "5",
+    ]  # fmt: skip
+    relay = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert relay.stderr is not None
+        first = relay.stderr.readline()
+        assert re.match(rf"netchat: impairing {named} 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:9: ", first)
+    finally:
+        relay.send_signal(signal.SIGINT)
+        relay.communicate(timeout=10)
+    assert relay.returncode == 0
+
+
 def test_plot_draws_a_png_when_matplotlib_is_there(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from netchat.bench.report import write_plot

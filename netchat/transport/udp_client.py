@@ -101,7 +101,7 @@ def spoofing_notice(unconfirmed: int) -> str:
 
 
 def lost_notice(count: int) -> Info:
-    """The frame shown for a gap: ``* 2 messages lost``."""
+    """The frame shown for a gap (``-!- 2 messages lost`` on a screen)."""
     return Info(f"{count} message{'s' if count != 1 else ''} lost")
 
 
