@@ -395,35 +395,36 @@ def impair(
     except OSError as exc:
         typer.echo(f"netchat: cannot relay {listen} -> {upstream}: {exc.strerror or exc}", err=True)
         raise typer.Exit(code=1) from None
-    host, port = relay.address
-    kind = (
-        chosen.value
-        if chosen.value == ip_protocol(chosen)
-        else f"{chosen.value} (over {ip_protocol(chosen)})"
-    )
-    typer.echo(
-        f"netchat: impairing {kind} {host}:{port} -> {upstream}: {impairment.describe()}"
-        " (Ctrl-C to stop)",
-        err=True,
-    )
-    if stream and (impairment.duplicate or impairment.reorder):
-        typer.echo("netchat: duplication and reordering do not apply to a TCP stream", err=True)
-    thread = threading.Thread(target=relay.serve_forever, name="impair-relay", daemon=True)
-    thread.start()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Both signals are caught before the banner is printed: the banner tells a
+    # script "ready", and a Ctrl-C that follows it at once must still stop cleanly.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=relay.serve_forever, name="impair-relay", daemon=True)
     try:
+        thread.start()
+        host, port = relay.address
+        kind = (
+            chosen.value
+            if chosen.value == ip_protocol(chosen)
+            else f"{chosen.value} (over {ip_protocol(chosen)})"
+        )
+        typer.echo(
+            f"netchat: impairing {kind} {host}:{port} -> {upstream}: {impairment.describe()}"
+            " (Ctrl-C to stop)",
+            err=True,
+        )
+        if stream and (impairment.duplicate or impairment.reorder):
+            typer.echo("netchat: duplication and reordering do not apply to a TCP stream", err=True)
         while not stop.wait(stats_interval or 0.5):
             if stats_interval:
                 typer.echo(f"netchat: {_counters_line(relay.stats())}", err=True)
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         relay.shutdown()
         thread.join(timeout=5)
     typer.echo(f"netchat: stopped; {_counters_line(relay.stats())}", err=True)
