@@ -494,15 +494,19 @@ def server(
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise _fail(f"cannot serve {chosen.value} on {host}:{port}: {reason}") from None
     bound_host, bound_port = chat_server.address
-    typer.echo(
-        f"netchat: serving {chosen.value} on {bound_host}:{bound_port} (Ctrl-C to stop)", err=True
-    )
-    addresses = lan_addresses() if _is_wildcard(bound_host) else []
-    for line in join_instructions(chosen, bound_host, bound_port, addresses):
-        typer.echo(f"netchat: {line}", err=True)
-    for line in password_notes(chosen) if password else []:
-        typer.echo(f"netchat: {line}", err=True)
-    chat_server.serve_forever()
+
+    def announce() -> None:
+        typer.echo(
+            f"netchat: serving {chosen.value} on {bound_host}:{bound_port} (Ctrl-C to stop)",
+            err=True,
+        )
+        addresses = lan_addresses() if _is_wildcard(bound_host) else []
+        for line in join_instructions(chosen, bound_host, bound_port, addresses):
+            typer.echo(f"netchat: {line}", err=True)
+        for line in password_notes(chosen) if password else []:
+            typer.echo(f"netchat: {line}", err=True)
+
+    chat_server.serve_forever(on_ready=announce)
 
 
 def password_notes(proto: Proto) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -63,10 +64,12 @@ class Server:
         """The bound (host, port)."""
         return self._address
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until :meth:`shutdown`, SIGINT or SIGTERM; then release everything.
 
-        Signal handlers are installed only when called on the main thread.
+        Signal handlers are installed only when called on the main thread. ``on_ready``
+        runs once they are: whatever it announces ("serving on …"), a Ctrl-C that
+        follows at once is a clean shutdown, not a traceback.
         """
         previous: dict[signal.Signals, signal._HANDLER] = {}
         if threading.current_thread() is threading.main_thread():
@@ -74,6 +77,8 @@ class Server:
                 previous[signum] = signal.signal(signum, self._on_signal)
         log.debug("serving %s on %s:%s", self.proto.value, *self.address)
         try:
+            if on_ready is not None:
+                on_ready()
             self.transport.serve_forever()
         finally:
             for signum, handler in previous.items():

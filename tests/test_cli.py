@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -50,7 +50,9 @@ class FakeServer:
     def address(self) -> tuple[str, int]:
         return self.config.host, self.config.port
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        if on_ready is not None:
+            on_ready()
         self.served = True
 
 

@@ -63,6 +63,27 @@ def test_server_serves_nc_users_and_exits_0_on_sigint() -> None:
             server.wait()
 
 
+@pytest.mark.parametrize("proto", ["tcp", "udp", "rudp"])
+def test_ctrl_c_right_after_the_banner_is_a_clean_stop(proto: str) -> None:
+    # A script waits for "serving ..." and may stop the server the same instant.
+    server = subprocess.Popen(
+        [netchat_command(), "--proto", proto, "server", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        assert f"serving {proto} on 127.0.0.1:" in server.stderr.readline()
+        server.send_signal(signal.SIGINT)
+        _out, rest = server.communicate(timeout=WAIT)
+        assert server.returncode == 0
+        assert "Traceback" not in rest
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 @pytest.mark.parametrize("command", [["server"], ["client"], ["peer"]])
 def test_dash_h_shows_flags_without_value_placeholders(command: list[str]) -> None:
     result = subprocess.run(
