@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from netchat.hub import Hub
 from netchat.server import Server
 from netchat.transport.base import Proto, ServerConfig
+from netchat.transport.udp_relay import UdpRelayServer
 
 ServerFactory = Callable[..., Server]
+RelayFactory = Callable[..., UdpRelayServer]
 
 
 @pytest.fixture
@@ -34,3 +38,27 @@ def make_server() -> Iterator[ServerFactory]:
 def server(make_server: ServerFactory) -> Server:
     """A TCP server with default limits."""
     return make_server()
+
+
+@pytest.fixture
+def make_relay() -> Iterator[RelayFactory]:
+    """``make_relay(heartbeat_interval=5.0, **ServerConfig fields)`` → a bare UDP relay
+    (no :class:`Server` around it), running on its own thread."""
+    started: list[tuple[UdpRelayServer, threading.Thread]] = []
+
+    def make(heartbeat_interval: float = 5.0, **config: Any) -> UdpRelayServer:
+        relay = UdpRelayServer(
+            Hub(),
+            ServerConfig(host="127.0.0.1", port=0, **config),
+            heartbeat_interval=heartbeat_interval,
+        )
+        thread = threading.Thread(target=relay.serve_forever, daemon=True)
+        thread.start()
+        started.append((relay, thread))
+        return relay
+
+    yield make
+    for relay, thread in started:
+        relay.shutdown("test over")
+        thread.join(timeout=10.0)
+        assert not thread.is_alive()

@@ -33,7 +33,6 @@ from typing import Any
 import pytest
 
 import netchat.transport.tcp as tcp_transport
-from netchat.hub import Hub
 from netchat.peer import DEFAULT_GROUP, Peer
 from netchat.protocol import datagram as dg
 from netchat.protocol.commands import HELP_TEXT
@@ -59,7 +58,6 @@ from netchat.protocol.frames import (
 from netchat.protocol.limits import MAX_DATAGRAM_BYTES
 from netchat.protocol.render import render_lines
 from netchat.server import Server
-from netchat.transport.base import ServerConfig
 from netchat.transport.udp_client import UdpClientTransport
 from netchat.transport.udp_relay import UdpRelayServer
 from tests.conftest import ServerFactory
@@ -139,29 +137,6 @@ def event_records(path: Path) -> list[dict[str, Any]]:
 
 
 # --- UDP relay helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_relay() -> Iterator[Callable[..., UdpRelayServer]]:
-    """``make_relay(heartbeat_interval=5.0, **ServerConfig fields)``: a running relay."""
-    started: list[tuple[UdpRelayServer, threading.Thread]] = []
-
-    def make(heartbeat_interval: float = 5.0, **config: Any) -> UdpRelayServer:
-        relay = UdpRelayServer(
-            Hub(),
-            ServerConfig(host=LOOPBACK, port=0, **config),
-            heartbeat_interval=heartbeat_interval,
-        )
-        thread = threading.Thread(target=relay.serve_forever, daemon=True)
-        thread.start()
-        started.append((relay, thread))
-        return relay
-
-    yield make
-    for relay, thread in started:
-        relay.shutdown("test over")
-        thread.join(timeout=WAIT)
-        assert not thread.is_alive()
 
 
 class UdpUser:

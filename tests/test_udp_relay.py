@@ -10,13 +10,12 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from netchat.client import Client
 from netchat.errors import ConnectionClosed, Rejected
-from netchat.hub import Hub
 from netchat.protocol import datagram as dg
 from netchat.protocol.frames import (
     Error,
@@ -32,33 +31,11 @@ from netchat.protocol.frames import (
 )
 from netchat.protocol.limits import MAX_DATAGRAM_BYTES
 from netchat.protocol.render import render_lines
-from netchat.transport.base import Proto, ServerConfig
+from netchat.transport.base import Proto
 from netchat.transport.udp_client import UdpClientTransport
 from netchat.transport.udp_relay import PLAIN_HINT, UdpRelayServer
 
 DEADLINE = 10.0  # generous: two shared cores
-
-
-@pytest.fixture
-def make_relay() -> Iterator[Callable[..., UdpRelayServer]]:
-    started: list[tuple[UdpRelayServer, threading.Thread]] = []
-
-    def make(heartbeat_interval: float = 5.0, **config: object) -> UdpRelayServer:
-        relay = UdpRelayServer(
-            Hub(),
-            ServerConfig(host="127.0.0.1", port=0, **config),  # type: ignore[arg-type]
-            heartbeat_interval=heartbeat_interval,
-        )
-        thread = threading.Thread(target=relay.serve_forever, daemon=True)
-        thread.start()
-        started.append((relay, thread))
-        return relay
-
-    yield make
-    for relay, thread in started:
-        relay.shutdown("test over")
-        thread.join(timeout=DEADLINE)
-        assert not thread.is_alive()
 
 
 class Member:
