@@ -315,13 +315,13 @@ def _split_units(payload: bytes, more: bool) -> tuple[bytes, ...]:
     return tuple(units)
 
 
-def decode_datagram(data: bytes) -> Datagram:
-    """Parse one datagram.
+def read_prefix(data: bytes) -> tuple[int, int]:
+    """``(layout version, kind byte)`` of anything that claims to be a netchat datagram,
+    sealed (:mod:`netchat.protocol.seal`) or not; the version is left to the caller.
 
     Raises:
-        RemoteProtocolError: not netchat (``code="magic"``), another layout version
-            (``"version"``), unknown kind (``"unknown-kind"``), over
-            :data:`MAX_DATAGRAM_BYTES` (``"too-large"``) or malformed (``"malformed"``).
+        RemoteProtocolError: over :data:`MAX_DATAGRAM_BYTES` (``code="too-large"``) or
+            not netchat (``"magic"``).
     """
     if len(data) > MAX_DATAGRAM_BYTES:
         raise RemoteProtocolError(
@@ -330,17 +330,34 @@ def decode_datagram(data: bytes) -> Datagram:
     if len(data) < _PREFIX.size or data[:2] != MAGIC:
         raise RemoteProtocolError("not a netchat datagram", code="magic")
     _, version, kind_byte = _PREFIX.unpack_from(data)
+    return version, kind_byte
+
+
+def kind_from_byte(kind_byte: int) -> Kind:
+    """Raises: RemoteProtocolError (``code="unknown-kind"``)."""
+    try:
+        return Kind(kind_byte)
+    except ValueError:
+        raise RemoteProtocolError(
+            f"unknown datagram kind {kind_byte}", code="unknown-kind"
+        ) from None
+
+
+def decode_datagram(data: bytes) -> Datagram:
+    """Parse one datagram.
+
+    Raises:
+        RemoteProtocolError: not netchat (``code="magic"``), another layout version
+            (``"version"``), unknown kind (``"unknown-kind"``), over
+            :data:`MAX_DATAGRAM_BYTES` (``"too-large"``) or malformed (``"malformed"``).
+    """
+    version, kind_byte = read_prefix(data)
     if version != DATAGRAM_VERSION:
         raise RemoteProtocolError(
             f"datagram layout version {version} (this side speaks {DATAGRAM_VERSION})",
             code="version",
         )
-    try:
-        kind = Kind(kind_byte)
-    except ValueError:
-        raise RemoteProtocolError(
-            f"unknown datagram kind {kind_byte}", code="unknown-kind"
-        ) from None
+    kind = kind_from_byte(kind_byte)
     header = HEADERS[kind]
     if len(data) < header.size:
         raise _malformed(f"truncated {kind.name} datagram")

@@ -73,7 +73,15 @@ from ..errors import (
     RemoteProtocolError,
     ReplayedDatagram,
 )
-from .datagram import COOKIE_BYTES, DATAGRAM_VERSION, MAGIC, NO_COOKIE, Kind
+from .datagram import (
+    COOKIE_BYTES,
+    DATAGRAM_VERSION,
+    MAGIC,
+    NO_COOKIE,
+    Kind,
+    kind_from_byte,
+    read_prefix,
+)
 from .limits import MAX_DATAGRAM_BYTES
 
 __all__ = [
@@ -460,23 +468,12 @@ def _nonce(counter: int) -> bytes:
 
 def _sealed_kind(datagram: bytes) -> tuple[Kind, int]:
     """Kind and header length (prefix + clear fields) of a layout-2 sealed datagram."""
-    if len(datagram) > MAX_DATAGRAM_BYTES:
-        raise RemoteProtocolError(
-            f"datagram of {len(datagram)} bytes exceeds {MAX_DATAGRAM_BYTES}", code="too-large"
-        )
-    if len(datagram) < _PREFIX.size or datagram[:2] != MAGIC:
-        raise RemoteProtocolError("not a netchat datagram", code="magic")
-    _, version, kind_byte = _PREFIX.unpack_from(datagram)
+    version, kind_byte = read_prefix(datagram)
     if version == DATAGRAM_VERSION:
         raise RemoteProtocolError("an unsealed datagram in a sealed chat", code="unsealed")
     if version != SEALED_VERSION:
         raise RemoteProtocolError(f"datagram layout version {version}", code="version")
-    try:
-        kind = Kind(kind_byte)
-    except ValueError:
-        raise RemoteProtocolError(
-            f"unknown datagram kind {kind_byte}", code="unknown-kind"
-        ) from None
+    kind = kind_from_byte(kind_byte)
     layout = SEALED_KINDS.get(kind)
     if layout is None:
         raise RemoteProtocolError(f"{kind.name} is never sealed", code="unsealed")
