@@ -105,7 +105,9 @@ __all__ = [
     "encode_ping",
     "encode_pong",
     "encode_reject",
+    "kind_from_byte",
     "pack_data",
+    "read_prefix",
 ]
 
 MAGIC = b"nc"
