@@ -198,7 +198,12 @@ def test_every_message_arrives_exactly_once_and_in_order_at_every_member(
     if impairment.loss:
         counters = network.stats()
         assert counters["up"]["dropped"] and counters["down"]["dropped"]  # type: ignore[index]
-        assert relay.stats()["rudp_retransmitted"] > 0
+        # Drops can, by timing, hit only ACKs in one direction (a later ACK covers a
+        # lost one, so nothing is resent there); across both directions some DATA was
+        # lost and had to be resent.
+        resent = relay.stats()["rudp_retransmitted"]
+        resent += sum(member.stats()["up_retransmitted"] for member in members)
+        assert resent > 0
 
 
 def test_a_message_longer_than_a_datagram_arrives_whole_through_loss(
