@@ -94,6 +94,7 @@ __all__ = [
     "Failure",
     "Receiver",
     "Sender",
+    "report",
 ]
 
 #: Units in flight at most (and the receive window). 64 units hold the largest frame
@@ -916,3 +917,21 @@ class Receiver:
             else:
                 ranges.append((seq, seq + 1))
         return tuple(ranges[-dg.MAX_SACK_RANGES :])
+
+
+def report(sender: Sender, receiver: Receiver) -> dg.Report:
+    """One end's figures for its two directions, as a PONG carries them (times in µs,
+    SRTT 0 before the first sample): the relay sends it to each member, and a client
+    shows its own end from it beside the relay's."""
+    return dg.Report(
+        sent=sender.sent,
+        retransmitted=sender.retransmitted,
+        acknowledged=sender.acknowledged,
+        rto_us=round(sender.rto * 1e6),
+        srtt_us=round(sender.srtt * 1e6) if sender.rtt_samples else 0,
+        window_in_use=sender.in_flight,
+        window=sender.window,
+        received=receiver.received,
+        duplicates=receiver.duplicates,
+        held_back=receiver.held_back,
+    )

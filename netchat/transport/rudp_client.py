@@ -125,40 +125,23 @@ class RudpClientTransport(UdpClientTransport):
             sender, receiver = self._sender, self._receiver
             if sender is None or receiver is None:
                 return stats
+            own = rel.report(sender, receiver)
             stats.update(
-                duplicates=receiver.duplicates,
-                reordered=receiver.held_back,
-                up_sent=sender.sent,
-                up_retransmitted=sender.retransmitted,
-                up_acknowledged=sender.acknowledged,
+                duplicates=own.duplicates,
+                reordered=own.held_back,
+                **_report_fields(own, sending="up", receiving="down"),
                 up_lost=sender.lost,
                 up_timeouts=sender.timeouts,
-                up_rto_us=round(sender.rto * 1e6),
-                up_srtt_us=round(sender.srtt * 1e6) if sender.rtt_samples else 0,
-                up_window_in_use=sender.in_flight,
-                up_window=sender.window,
                 up_backlog=sender.backlog,
-                down_received=receiver.received,
-                down_duplicates=receiver.duplicates,
-                down_held_back=receiver.held_back,
                 down_buffered=receiver.buffered,
                 down_acks_sent=receiver.acks_sent,
             )
             if sender.rtt_samples:
-                stats["rtt_us"] = stats["up_srtt_us"]
+                stats["rtt_us"] = own.srtt_us
             report = self._report
             if report is not None:
                 stats.update(
-                    up_server_received=report.received,
-                    up_server_duplicates=report.duplicates,
-                    up_server_held_back=report.held_back,
-                    down_server_sent=report.sent,
-                    down_server_retransmitted=report.retransmitted,
-                    down_server_acknowledged=report.acknowledged,
-                    down_server_rto_us=report.rto_us,
-                    down_server_srtt_us=report.srtt_us,
-                    down_server_window_in_use=report.window_in_use,
-                    down_server_window=report.window,
+                    **_report_fields(report, sending="down_server", receiving="up_server"),
                     server_report_age_ms=round((self._clock() - self._report_at) * 1000),
                 )
         return stats
@@ -255,3 +238,20 @@ class RudpClientTransport(UdpClientTransport):
         return (
             f"the server does not keep up: over {self.max_queue} bytes wait for its acknowledgement"
         )
+
+
+def _report_fields(report: dg.Report, *, sending: str, receiving: str) -> dict[str, int]:
+    """A report's figures as ``/stats`` keys: ``{sending}_sent`` … for its sender's
+    direction, ``{receiving}_received`` … for its receiver's."""
+    return {
+        f"{sending}_sent": report.sent,
+        f"{sending}_retransmitted": report.retransmitted,
+        f"{sending}_acknowledged": report.acknowledged,
+        f"{sending}_rto_us": report.rto_us,
+        f"{sending}_srtt_us": report.srtt_us,
+        f"{sending}_window_in_use": report.window_in_use,
+        f"{sending}_window": report.window,
+        f"{receiving}_received": report.received,
+        f"{receiving}_duplicates": report.duplicates,
+        f"{receiving}_held_back": report.held_back,
+    }

@@ -273,7 +273,12 @@ class RudpRelayServer(UdpRelayServer):
         if member.pong is not None:
             received = member.receiver.next_expected - 1  # the client's units we took
             datagrams.append(
-                dg.encode_pong(member.pong, sender.next_unit, received, _report(member))
+                dg.encode_pong(
+                    member.pong,
+                    sender.next_unit,
+                    received,
+                    rel.report(member.sender, member.receiver),
+                )
             )
             member.pong = None
         if session.phase is not Phase.JOINED:
@@ -307,23 +312,6 @@ class RudpRelayServer(UdpRelayServer):
         if isinstance(member, RudpMember) and self._members.get(member.address) is member:
             _add_counters(self._retired, member)
         super()._end(member)
-
-
-def _report(member: RudpMember) -> dg.Report:
-    """What the member's PONG tells it of our ends of its two directions."""
-    sender, receiver = member.sender, member.receiver
-    return dg.Report(
-        sent=sender.sent,
-        retransmitted=sender.retransmitted,
-        acknowledged=sender.acknowledged,
-        rto_us=round(sender.rto * 1e6),
-        srtt_us=round(sender.srtt * 1e6) if sender.rtt_samples else 0,
-        window_in_use=sender.in_flight,
-        window=sender.window,
-        received=receiver.received,
-        duplicates=receiver.duplicates,
-        held_back=receiver.held_back,
-    )
 
 
 def _add_counters(into: dict[str, int], member: RudpMember) -> None:
