@@ -119,10 +119,10 @@ def _add(into: dict[str, int], counters: LinkCounters) -> None:
 class _RelayBase:
     """The loop, the wake-up pipe and arming, shared by both relays."""
 
-    def __init__(self, impairment: Impairment, clock: Callable[[], float]) -> None:
+    def __init__(self, impairment: Impairment, armed: bool, clock: Callable[[], float]) -> None:
         self.impairment = impairment
         self._clock = clock
-        self._armed = True
+        self._armed = armed
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -233,8 +233,7 @@ class UdpImpairRelay(_RelayBase):
         armed: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(impairment, clock)
-        self._armed = armed
+        super().__init__(impairment, armed, clock)
         self._upstream_family, self.upstream = resolve(upstream, socket.SOCK_DGRAM)
         family, listen_address = resolve(listen, socket.SOCK_DGRAM)
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -528,8 +527,7 @@ class TcpImpairRelay(_RelayBase):
         armed: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(impairment, clock)
-        self._armed = armed
+        super().__init__(impairment, armed, clock)
         self._upstream_family, self.upstream = resolve(upstream, socket.SOCK_STREAM)
         family, listen_address = resolve(listen, socket.SOCK_STREAM)
         self._listener = socket.create_server(listen_address, family=family, backlog=512)
