@@ -53,6 +53,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import (
     AuthenticationFailed,
@@ -87,6 +88,19 @@ MAX_EARLY_DATAGRAMS = 64
 MAX_RESYNC_SEQ = 2**62
 #: Largest encoded frame we send: it must fit in one datagram with its header.
 MAX_REQUEST_BYTES = MAX_DATAGRAM_BYTES - dg.DATA_HEADER_BYTES
+
+
+def _datagram_socket(host: str, port: int, where: str) -> tuple[socket.socket, Any]:
+    """A UDP socket of the family ``host`` resolves to, and the address to connect it to.
+
+    Raises:
+        ConnectError: unknown host, or no socket to be had.
+    """
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        return socket.socket(family, socket.SOCK_DGRAM), address
+    except OSError as exc:
+        raise ConnectError(f"cannot reach {where}: {describe_os_error(exc)}") from exc
 
 
 def spoofing_notice(unconfirmed: int) -> str:
@@ -191,12 +205,7 @@ class UdpClientTransport:
             ConnectError: unknown host, nothing listening, or no answer in time.
             ConnectionClosed: :meth:`close` was called meanwhile.
         """
-        try:
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
-            family, _, _, _, address = infos[0]
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise ConnectError(f"cannot reach {self._where}: {describe_os_error(exc)}") from exc
+        sock, address = _datagram_socket(self.host, self.port, self._where)
         with self._lock:
             if self._closed.is_set():
                 sock.close()
@@ -668,12 +677,7 @@ class PlainUdpTransport:
         Raises:
             ConnectError: unknown host or no route.
         """
-        try:
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
-            family, _, _, _, address = infos[0]
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise ConnectError(f"cannot reach {self.where}: {describe_os_error(exc)}") from exc
+        sock, address = _datagram_socket(self.host, self.port, self.where)
         try:
             sock.connect(address)
         except OSError as exc:
