@@ -9,43 +9,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from netchat.impair import DatagramLink, Impairment, link_random
 from netchat.transport.impair_relay import (
     MAX_BACKLOG,
-    TcpImpairRelay,
-    UdpImpairRelay,
-    make_impair_relay,
     tcp_info,
 )
+from tests.conftest import ImpairRelayFactory
 
 LOOPBACK = "127.0.0.1"
 DEADLINE = 10.0
-
-RelayFactory = Callable[..., "UdpImpairRelay | TcpImpairRelay"]
-
-
-@pytest.fixture
-def start_relay() -> Iterator[RelayFactory]:
-    running: list[tuple[UdpImpairRelay | TcpImpairRelay, threading.Thread]] = []
-
-    def start(
-        stream: bool, upstream: tuple[str, int], impairment: Impairment, armed: bool = True
-    ) -> UdpImpairRelay | TcpImpairRelay:
-        relay = make_impair_relay(stream, (LOOPBACK, 0), upstream, impairment, armed=armed)
-        thread = threading.Thread(target=relay.serve_forever, daemon=True)
-        thread.start()
-        running.append((relay, thread))
-        return relay
-
-    yield start
-    for relay, thread in running:
-        relay.shutdown()
-        thread.join(timeout=DEADLINE)
-        assert not thread.is_alive()
 
 
 def udp_socket() -> socket.socket:
@@ -77,9 +52,11 @@ def receive_all(
 # --- UDP ---------------------------------------------------------------------------------
 
 
-def test_udp_passes_every_datagram_both_ways_unchanged(start_relay: RelayFactory) -> None:
+def test_udp_passes_every_datagram_both_ways_unchanged(
+    start_impair_relay: ImpairRelayFactory,
+) -> None:
     server = udp_socket()
-    relay = start_relay(False, server.getsockname(), Impairment())
+    relay = start_impair_relay(False, server.getsockname(), Impairment())
     alice, bob = udp_socket(), udp_socket()
     alice.sendto("привет от alice".encode(), relay.address)
     first, alice_seen_as = server.recvfrom(2048)
@@ -98,7 +75,9 @@ def test_udp_passes_every_datagram_both_ways_unchanged(start_relay: RelayFactory
     assert stats["up"]["released"] == 2 and stats["down"]["released"] == 2  # type: ignore[index]
 
 
-def test_udp_loss_is_the_models_for_that_seed_every_time(start_relay: RelayFactory) -> None:
+def test_udp_loss_is_the_models_for_that_seed_every_time(
+    start_impair_relay: ImpairRelayFactory,
+) -> None:
     impairment = Impairment(loss=0.3, seed=77)
     model = DatagramLink(impairment, link_random(77, "flow0", "up"))
     for number in range(100):
@@ -106,7 +85,7 @@ def test_udp_loss_is_the_models_for_that_seed_every_time(start_relay: RelayFacto
     predicted = sorted(int(data) for data in model.release(0.0))
     for _attempt in range(2):
         server = udp_socket()
-        relay = start_relay(False, server.getsockname(), impairment)
+        relay = start_impair_relay(False, server.getsockname(), impairment)
         client = udp_socket()
         for number in range(100):
             client.sendto(b"%d" % number, relay.address)
@@ -117,9 +96,11 @@ def test_udp_loss_is_the_models_for_that_seed_every_time(start_relay: RelayFacto
     assert 55 <= len(predicted) <= 85  # Binomial(100, 0.7): 70 ± 4.6
 
 
-def test_an_unarmed_relay_passes_everything_until_armed(start_relay: RelayFactory) -> None:
+def test_an_unarmed_relay_passes_everything_until_armed(
+    start_impair_relay: ImpairRelayFactory,
+) -> None:
     server = udp_socket()
-    relay = start_relay(False, server.getsockname(), Impairment(loss=1.0), armed=False)
+    relay = start_impair_relay(False, server.getsockname(), Impairment(loss=1.0), armed=False)
     client = udp_socket()
     client.sendto(b"before", relay.address)
     assert receive_all(server, 1)[0][0] == b"before"
@@ -132,9 +113,11 @@ def test_an_unarmed_relay_passes_everything_until_armed(start_relay: RelayFactor
     assert relay.stats()["up"]["dropped"] == 1  # type: ignore[index]
 
 
-def test_udp_duplicates_and_delay_reach_the_other_side(start_relay: RelayFactory) -> None:
+def test_udp_duplicates_and_delay_reach_the_other_side(
+    start_impair_relay: ImpairRelayFactory,
+) -> None:
     server = udp_socket()
-    relay = start_relay(False, server.getsockname(), Impairment(duplicate=1.0, delay=0.05))
+    relay = start_impair_relay(False, server.getsockname(), Impairment(duplicate=1.0, delay=0.05))
     client = udp_socket()
     sent = time.monotonic()
     client.sendto(b"twice", relay.address)
@@ -182,10 +165,10 @@ def read_until_eof(sock: socket.socket) -> bytes:
     ids=["clean", "jitter", "loss-stalls", "throttled"],
 )
 def test_tcp_delivers_every_byte_in_order_both_ways(
-    start_relay: RelayFactory, impairment: Impairment
+    start_impair_relay: ImpairRelayFactory, impairment: Impairment
 ) -> None:
     upstream = Upstream()
-    relay = start_relay(True, upstream.address, impairment)
+    relay = start_impair_relay(True, upstream.address, impairment)
     client = socket.create_connection(relay.address, timeout=DEADLINE)
     server = upstream.accept()
     # Multi-byte text cut at arbitrary points by the chunking, both ways at once.
@@ -215,9 +198,9 @@ def test_tcp_delivers_every_byte_in_order_both_ways(
     server.close()
 
 
-def test_tcp_closing_either_side_closes_the_other(start_relay: RelayFactory) -> None:
+def test_tcp_closing_either_side_closes_the_other(start_impair_relay: ImpairRelayFactory) -> None:
     upstream = Upstream()
-    relay = start_relay(True, upstream.address, Impairment(delay=0.01))
+    relay = start_impair_relay(True, upstream.address, Impairment(delay=0.01))
     client = socket.create_connection(relay.address, timeout=DEADLINE)
     server = upstream.accept()
     client.sendall(b"bye\n")
@@ -230,10 +213,12 @@ def test_tcp_closing_either_side_closes_the_other(start_relay: RelayFactory) -> 
     assert relay.stats()["flows"] == 0
 
 
-def test_tcp_stops_reading_a_direction_that_cannot_drain(start_relay: RelayFactory) -> None:
+def test_tcp_stops_reading_a_direction_that_cannot_drain(
+    start_impair_relay: ImpairRelayFactory,
+) -> None:
     upstream = Upstream()
     # 80 kbit/s: the relay can pass on only 10 kB a second to the server.
-    relay = start_relay(True, upstream.address, Impairment(bandwidth=80e3))
+    relay = start_impair_relay(True, upstream.address, Impairment(bandwidth=80e3))
     client = socket.create_connection(relay.address, timeout=DEADLINE)
     server = upstream.accept()
     client.setblocking(False)
@@ -253,9 +238,11 @@ def test_tcp_stops_reading_a_direction_that_cannot_drain(start_relay: RelayFacto
     server.close()
 
 
-def test_tcp_info_counts_segments_on_the_server_side(start_relay: RelayFactory) -> None:
+def test_tcp_info_counts_segments_on_the_server_side(
+    start_impair_relay: ImpairRelayFactory,
+) -> None:
     upstream = Upstream()
-    relay = start_relay(True, upstream.address, Impairment())
+    relay = start_impair_relay(True, upstream.address, Impairment())
     client = socket.create_connection(relay.address, timeout=DEADLINE)
     server = upstream.accept()
     for _ in range(20):
@@ -272,11 +259,13 @@ def test_tcp_info_counts_segments_on_the_server_side(start_relay: RelayFactory) 
     server.close()
 
 
-def test_tcp_relay_refuses_nothing_when_the_server_is_gone(start_relay: RelayFactory) -> None:
+def test_tcp_relay_refuses_nothing_when_the_server_is_gone(
+    start_impair_relay: ImpairRelayFactory,
+) -> None:
     upstream = Upstream()
     address = upstream.address
     upstream.listener.close()  # nobody listens there any more
-    relay = start_relay(True, address, Impairment())
+    relay = start_impair_relay(True, address, Impairment())
     client = socket.create_connection(relay.address, timeout=DEADLINE)
     assert read_until_eof(client) == b""  # closed on us, and the relay is still serving
     assert relay.stats()["upstream_errors"] == 1

@@ -17,7 +17,6 @@ import pytest
 
 from netchat.client import Client, _reliable_stats_text
 from netchat.errors import ConnectionClosed, Rejected
-from netchat.hub import Hub
 from netchat.impair import Impairment
 from netchat.plain_client import plural
 from netchat.protocol import datagram as dg
@@ -34,23 +33,22 @@ from netchat.protocol.frames import (
     encode_frame,
 )
 from netchat.protocol.reliable import Receiver
-from netchat.transport.base import Proto, ServerConfig
+from netchat.transport.base import Proto
 from netchat.transport.impair_relay import UdpImpairRelay
 from netchat.transport.rudp_client import RudpClientTransport
 from netchat.transport.rudp_relay import RudpRelayServer
 from netchat.transport.udp_relay import UdpRelayServer
+from tests.conftest import ImpairRelayFactory, RelayFactory
 
 LOOPBACK = "127.0.0.1"
 DEADLINE = 20.0  # generous: two shared cores; a passing test returns long before
 
-RelayFactory = Callable[..., RudpRelayServer]
 ImpairFactory = Callable[..., UdpImpairRelay]
 
 
 @pytest.fixture
-def make_relay() -> Iterator[Callable[..., UdpRelayServer]]:
-    """``make_relay(heartbeat_interval=5.0, relay_class=RudpRelayServer, **config)``."""
-    started: list[tuple[UdpRelayServer, threading.Thread]] = []
+def make_relay(make_relay: RelayFactory) -> RelayFactory:
+    """The shared ``make_relay``, serving rudp and unthrottled unless told otherwise."""
 
     def make(
         heartbeat_interval: float = 5.0,
@@ -58,40 +56,21 @@ def make_relay() -> Iterator[Callable[..., UdpRelayServer]]:
         **config: object,
     ) -> UdpRelayServer:
         config.setdefault("rate_limit", 0)
-        relay = relay_class(
-            Hub(),
-            ServerConfig(host=LOOPBACK, port=0, **config),  # type: ignore[arg-type]
-            heartbeat_interval=heartbeat_interval,
-        )
-        thread = threading.Thread(target=relay.serve_forever, daemon=True)
-        thread.start()
-        started.append((relay, thread))
-        return relay
+        return make_relay(heartbeat_interval, relay_class, **config)
 
-    yield make
-    for relay, thread in started:
-        relay.shutdown("test over")
-        thread.join(timeout=DEADLINE)
-        assert not thread.is_alive()
+    return make
 
 
 @pytest.fixture
-def impair() -> Iterator[ImpairFactory]:
+def impair(start_impair_relay: ImpairRelayFactory) -> ImpairFactory:
     """``impair(upstream, impairment)``: an unarmed impairment relay in front of it."""
-    running: list[tuple[UdpImpairRelay, threading.Thread]] = []
 
     def start(upstream: tuple[str, int], impairment: Impairment) -> UdpImpairRelay:
-        relay = UdpImpairRelay((LOOPBACK, 0), upstream, impairment, armed=False)
-        thread = threading.Thread(target=relay.serve_forever, daemon=True)
-        thread.start()
-        running.append((relay, thread))
+        relay = start_impair_relay(False, upstream, impairment, armed=False)
+        assert isinstance(relay, UdpImpairRelay)
         return relay
 
-    yield start
-    for relay, thread in running:
-        relay.shutdown()
-        thread.join(timeout=DEADLINE)
-        assert not thread.is_alive()
+    return start
 
 
 @pytest.fixture
