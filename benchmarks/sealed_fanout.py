@@ -43,13 +43,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from udp_fanout import HOST, drain, make_receivers
+from udp_fanout import HOST, drain, make_receivers, offer_says
 
 from netchat.hub import Hub
 from netchat.protocol import datagram as dg
 from netchat.protocol import seal
 from netchat.protocol.envelope import CLEAR, ClientKeys, Envelope
-from netchat.protocol.frames import Hello, Say, encode_frame
+from netchat.protocol.frames import Hello, encode_frame
 from netchat.transport import udp_relay
 from netchat.transport.base import ServerConfig
 
@@ -105,26 +105,7 @@ def drive(
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((HOST, 0))
     envelope = join(sock, relay_address, "driver", password)
-    seq = 1
-    burst = max(1, int(rate / 1000))
-    start = time.monotonic()
-    end = start + seconds
-    while (now := time.monotonic()) < end:
-        due = int((now - start) * rate)
-        while seq <= due:
-            for _ in range(burst):
-                datagram = envelope.seal(dg.encode_data(seq, encode_frame(Say(text))))
-                try:
-                    sock.sendto(datagram, relay_address)
-                except BlockingIOError:
-                    break
-                seq += 1
-        try:  # our own copies of the chat: read and drop them
-            while True:
-                sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            pass
-        time.sleep(0.001)
+    offer_says(sock, relay_address, text, seconds, rate, seal=envelope.seal)
 
 
 def relay_phase(

@@ -60,6 +60,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -105,25 +106,6 @@ def raw_sendto(receivers: list[socket.socket], datagram: bytes, duration: float)
     return sent / elapsed
 
 
-def join(sock: socket.socket, relay_address: tuple[str, int], name: str) -> None:
-    """The cookie handshake by hand (the receivers never run a client transport),
-    retried because the relay rate-limits cookies per source address."""
-    sock.settimeout(0.2)
-    for _ in range(100):
-        try:
-            sock.sendto(dg.encode_hello(dg.NO_COOKIE), relay_address)
-            cookie = dg.decode_datagram(sock.recv(2048))
-            if not isinstance(cookie, dg.Cookie):
-                continue
-            sock.sendto(dg.encode_hello(cookie.cookie, encode_frame(Hello(name))), relay_address)
-            if isinstance(dg.decode_datagram(sock.recv(2048)), dg.Accept):
-                sock.setblocking(False)
-                return
-        except TimeoutError:
-            continue
-    raise SystemExit(f"{name} could not join the relay")
-
-
 def drive(relay_address: tuple[str, int], text: str, seconds: float, rate: float) -> None:
     """In the forked driver process: join, then offer ``rate`` says per second, in
     bursts every millisecond. Paced rather than flat out, so the driver leaves the
@@ -132,6 +114,20 @@ def drive(relay_address: tuple[str, int], text: str, seconds: float, rate: float
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((HOST, 0))
     join(sock, relay_address, "driver")
+    offer_says(sock, relay_address, text, seconds, rate)
+
+
+def offer_says(
+    sock: socket.socket,
+    relay_address: tuple[str, int],
+    text: str,
+    seconds: float,
+    rate: float,
+    seal: Callable[[bytes], bytes] = lambda datagram: datagram,
+) -> None:
+    """Offer ``rate`` says per second for ``seconds`` from a joined socket, each DATA
+    datagram passed through ``seal`` (sealed_fanout seals them), reading and dropping
+    our own copies of the chat between bursts."""
     seq = 1
     burst = max(1, int(rate / 1000))
     start = time.monotonic()
@@ -140,8 +136,9 @@ def drive(relay_address: tuple[str, int], text: str, seconds: float, rate: float
         due = int((now - start) * rate)
         while seq <= due:
             for _ in range(burst):
+                datagram = seal(dg.encode_data(seq, encode_frame(Say(text))))
                 try:
-                    sock.sendto(dg.encode_data(seq, encode_frame(Say(text))), relay_address)
+                    sock.sendto(datagram, relay_address)
                 except BlockingIOError:
                     break
                 seq += 1
@@ -202,10 +199,12 @@ def relay_phase(
 # --- 4 and 5: the UDP and rudp relays over members that read -----------------------------
 
 
-def join_accepted(
-    sock: socket.socket, relay_address: tuple[str, int], name: str, proto: str
+def join(
+    sock: socket.socket, relay_address: tuple[str, int], name: str, proto: str = ""
 ) -> dg.Accept:
-    """:func:`join`, keeping the ACCEPT (rudp numbers the relay's units from it)."""
+    """The cookie handshake by hand (the receivers never run a client transport),
+    retried because the relay rate-limits cookies per source address. Returns the
+    ACCEPT: rudp numbers the relay's units from it."""
     sock.settimeout(0.2)
     for _ in range(100):
         try:
@@ -309,7 +308,7 @@ def serve_members(
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((HOST, 0))
-        accept = join_accepted(sock, relay_address, f"peer{index}", "rudp" if rudp else "udp")
+        accept = join(sock, relay_address, f"peer{index}", "rudp" if rudp else "udp")
         selector.register(sock, selectors.EVENT_READ, index)
         socks.append(sock)
         receivers.append(LeanReceiver(accept.first_seq))
@@ -372,7 +371,7 @@ def drive_batched(
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     sock.bind((HOST, 0))
-    accept = join_accepted(sock, relay_address, "driver", "rudp" if rudp else "udp")
+    accept = join(sock, relay_address, "driver", "rudp" if rudp else "udp")
     batch = encode_frame(Say(text)) * SAYS_PER_DATAGRAM
     sender = rel.Sender(1, max_queue=1 << 30)
     receiver = rel.Receiver(accept.first_seq)
