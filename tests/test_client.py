@@ -33,6 +33,7 @@ from netchat import (
 from netchat.protocol.banner import banner_line
 from netchat.server import Server
 from netchat.transport.tcp_client import TcpClientTransport, classify_greeting
+from tests.wire import start_in_background
 
 WAIT = 10.0  # generous; a passing wait returns as soon as its event arrives
 
@@ -657,16 +658,7 @@ def test_close_during_a_rejoins_tcp_handshake_is_prompt() -> None:
 def test_close_during_the_first_join_aborts_it() -> None:
     server = ScriptedServer()
     alice = Client("alice", *server.address)
-    failure: list[BaseException] = []
-
-    def join() -> None:
-        try:
-            alice.start(lambda frame: None, lambda reason: None)
-        except BaseException as exc:
-            failure.append(exc)
-
-    joiner = threading.Thread(target=join)
-    joiner.start()
+    joiner, failure = start_in_background(alice)
     try:
         conn = server.accept_and_greet()  # the welcome never comes
         started = time.monotonic()
@@ -684,16 +676,7 @@ def test_close_during_a_udp_join_aborts_it() -> None:
         silent.bind(("127.0.0.1", 0))  # bound, so no "port unreachable": it just never answers
         host, port = silent.getsockname()
         alice = Client("alice", host, port, proto=Proto.udp)
-        failure: list[BaseException] = []
-
-        def join() -> None:
-            try:
-                alice.start(lambda frame: None, lambda reason: None)
-            except BaseException as exc:
-                failure.append(exc)
-
-        joiner = threading.Thread(target=join)
-        joiner.start()
+        joiner, failure = start_in_background(alice)
         silent.settimeout(WAIT)
         silent.recv(2048)  # its first cookie request: the join is under way
         started = time.monotonic()

@@ -18,6 +18,7 @@ from netchat.hints import failure_message
 from netchat.plain_client import PlainChat, PlainLine
 from netchat.transport.tcp_client import TcpClientTransport
 from tests.labservers import WAIT, LabClient, LabUdpServer, RawRelay
+from tests.wire import start_in_background
 
 #: Short, so that tests against a silent relay do not wait the default 2 s each.
 GREETING_TIMEOUT = 0.3
@@ -314,16 +315,7 @@ def test_netchat_udp_client_recognises_a_lab_udp_server() -> None:
     server = LabUdpServer(echo=True)
     bob = udp_socket()
     client = Client("alice", *server.address, proto=Proto.udp)
-    failure: list[BaseException] = []
-
-    def join() -> None:
-        try:
-            client.start(lambda frame: None, lambda reason: None)
-        except BaseException as exc:
-            failure.append(exc)
-
-    joiner = threading.Thread(target=join)
-    joiner.start()
+    joiner, failure = start_in_background(client)
     try:
         server.wait_for_known(1)  # alice's cookie request reached it
         bob.sendto("bob: привет".encode(), server.address)

@@ -12,9 +12,26 @@ import threading
 import time
 from typing import Any
 
+from netchat.client import Client
 from netchat.protocol.frames import Frame, Hello, decode_frame, encode_frame
 
 WAIT = 10.0  # generous: shared CI machines are noisy, and a pass returns at once
+
+
+def start_in_background(client: Client) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``client.start`` (which blocks until joined) on a thread of its own; what it
+    raises is put in the returned list, for the test to inspect after joining."""
+    failure: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            client.start(lambda frame: None, lambda reason: None)
+        except BaseException as exc:
+            failure.append(exc)
+
+    joiner = threading.Thread(target=join)
+    joiner.start()
+    return joiner, failure
 
 
 class LineClient:
