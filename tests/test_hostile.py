@@ -61,7 +61,7 @@ from netchat.server import Server
 from netchat.transport.udp_client import UdpClientTransport
 from netchat.transport.udp_relay import UdpRelayServer
 from tests.conftest import ServerFactory
-from tests.wire import FrameClient, LineClient, frame_client, plain_client
+from tests.wire import FrameClient, LineClient, frame_client, plain_client, raw_join
 
 WAIT = 10.0  # generous deadline: shared cores; a passing wait returns at once
 LOOPBACK = "127.0.0.1"
@@ -175,15 +175,7 @@ class RawMember:
     """A relay member that joins by hand, to send what netchat's client never would."""
 
     def __init__(self, address: tuple[str, int], name: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.settimeout(WAIT)
-        self.sock.connect(address)
-        self.sock.send(dg.encode_hello(dg.NO_COOKIE))
-        cookie = dg.decode_datagram(self.sock.recv(2048))
-        assert isinstance(cookie, dg.Cookie)
-        self.sock.send(dg.encode_hello(cookie.cookie, encode_frame(Hello(name))))
-        while not isinstance(dg.decode_datagram(self.sock.recv(2048)), dg.Accept):
-            pass
+        self.sock, _ = raw_join(address, name)
         self.next_seq = 1
         self._nonce = 0
         self.answer()  # the welcome (and anything else the join drew)

@@ -39,6 +39,7 @@ from netchat.transport.rudp_client import RudpClientTransport
 from netchat.transport.rudp_relay import RudpRelayServer
 from netchat.transport.udp_relay import UdpRelayServer
 from tests.conftest import ImpairRelayFactory, RelayFactory
+from tests.wire import raw_join
 
 LOOPBACK = "127.0.0.1"
 DEADLINE = 20.0  # generous: two shared cores; a passing test returns long before
@@ -246,21 +247,6 @@ def test_the_rto_backs_off_during_a_blackhole_and_recovers_after_it(
 # --- members that stop acknowledging ------------------------------------------------------
 
 
-def raw_join(address: tuple[str, int], name: str) -> tuple[socket.socket, dg.Accept]:
-    """Join an rudp relay by hand, to misbehave afterwards."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(DEADLINE)
-    sock.connect(address)
-    sock.send(dg.encode_hello(dg.NO_COOKIE))
-    cookie = dg.decode_datagram(sock.recv(2048))
-    assert isinstance(cookie, dg.Cookie)
-    sock.send(dg.encode_hello(cookie.cookie, encode_frame(Hello(name, proto="rudp"))))
-    while True:
-        answer = dg.decode_datagram(sock.recv(2048))
-        if isinstance(answer, dg.Accept):
-            return sock, answer
-
-
 def raw_receive(sock: socket.socket, timeout: float) -> list[dg.Datagram]:
     """Every datagram arriving within ``timeout`` seconds."""
     datagrams = []
@@ -281,7 +267,7 @@ def test_a_member_that_goes_silent_times_out(
     relay = make_relay(heartbeat_interval=0.2)
     alice = clients("alice", relay.address)
     take(alice, 1)
-    sock, accept = raw_join(relay.address, "zed")
+    sock, accept = raw_join(relay.address, "zed", proto="rudp")
     with sock:
         # zed acknowledges its welcome, so nothing is in flight to it, then falls silent.
         receiver = Receiver(accept.first_seq)
@@ -305,7 +291,7 @@ def test_a_member_that_never_acknowledges_is_dropped_with_the_reason(
     relay = make_relay(heartbeat_interval=0.2)
     alice = clients("alice", relay.address)
     take(alice, 1)
-    sock, _ = raw_join(relay.address, "zed")
+    sock, _ = raw_join(relay.address, "zed", proto="rudp")
     with sock:
         # zed heartbeats (so its session hears it) but acknowledges nothing, not even
         # its welcome: after three heartbeat intervals its sender gives up.
@@ -328,7 +314,7 @@ def test_a_member_that_falls_behind_past_max_queue_is_dropped_as_too_slow(
     relay = make_relay(heartbeat_interval=2.0, max_queue=65536)
     alice = clients("alice", relay.address)
     take(alice, 1)
-    sock, _ = raw_join(relay.address, "zed")
+    sock, _ = raw_join(relay.address, "zed", proto="rudp")
     with sock:
         assert [shape(f) for f in take(alice, 1)] == [("joined", "zed")]
         texts = [f"{i} " + "x" * 900 for i in range(100)]  # 93 KB for zed's window of 64

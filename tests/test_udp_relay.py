@@ -34,6 +34,7 @@ from netchat.protocol.render import render_lines
 from netchat.transport.base import Proto
 from netchat.transport.udp_client import UdpClientTransport
 from netchat.transport.udp_relay import PLAIN_HINT, UdpRelayServer
+from tests.wire import raw_join
 
 DEADLINE = 10.0  # generous: two shared cores
 
@@ -70,21 +71,6 @@ class Member:
 
     def close(self) -> None:
         self.transport.close()
-
-
-def raw_join(address: tuple[str, int], name: str) -> tuple[socket.socket, dg.Accept]:
-    """Join by hand, to misbehave afterwards."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(DEADLINE)
-    sock.connect(address)
-    sock.send(dg.encode_hello(dg.NO_COOKIE))
-    cookie = dg.decode_datagram(sock.recv(2048))
-    assert isinstance(cookie, dg.Cookie)
-    sock.send(dg.encode_hello(cookie.cookie, encode_frame(Hello(name))))
-    while True:
-        answer = dg.decode_datagram(sock.recv(2048))
-        if isinstance(answer, dg.Accept):
-            return sock, answer
 
 
 def test_three_clients_chat_and_whisper(make_relay: Callable[..., UdpRelayServer]) -> None:

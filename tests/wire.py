@@ -13,9 +13,28 @@ import time
 from typing import Any
 
 from netchat.client import Client
+from netchat.protocol import datagram as dg
 from netchat.protocol.frames import Frame, Hello, decode_frame, encode_frame
 
 WAIT = 10.0  # generous: shared CI machines are noisy, and a pass returns at once
+
+
+def raw_join(
+    address: tuple[str, int], name: str, proto: str = ""
+) -> tuple[socket.socket, dg.Accept]:
+    """Join a UDP (or, with ``proto="rudp"``, an rudp) relay by hand, to misbehave
+    afterwards: a connected socket, and the relay's ACCEPT."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(WAIT)
+    sock.connect(address)
+    sock.send(dg.encode_hello(dg.NO_COOKIE))
+    cookie = dg.decode_datagram(sock.recv(2048))
+    assert isinstance(cookie, dg.Cookie)
+    sock.send(dg.encode_hello(cookie.cookie, encode_frame(Hello(name, proto=proto))))
+    while True:
+        answer = dg.decode_datagram(sock.recv(2048))
+        if isinstance(answer, dg.Accept):
+            return sock, answer
 
 
 def start_in_background(client: Client) -> tuple[threading.Thread, list[BaseException]]:
